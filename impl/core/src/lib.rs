@@ -1,0 +1,16 @@
+//! The sans-IO messaging core of bluetick.
+//!
+//! # Contract
+//! Like quinn-proto, this crate is deterministic and does no IO: no sockets, no
+//! clock, no threads, no global RNG. Time (`now`) and randomness come in as
+//! parameters; collections whose order can reach output are ordered. The tokio
+//! runtime, the simulator and the model checker all drive the same code.
+//!
+//! # Layout
+//! - [`ids`]: user, device, message, group and blob identifiers.
+//! - [`wire`]: the client↔server frames and their size-checked codec.
+//!
+//! The server and client state machines are not built yet (issue 3).
+
+pub mod ids;
+pub mod wire;
