@@ -9,8 +9,10 @@
 //! # Layout
 //! - [`ids`]: user, device, message, group and blob identifiers.
 //! - [`wire`]: the client↔server frames and their size-checked codec.
+//! - [`server`]: the chat server's parts ([`server::mailbox`] so far).
 //!
 //! The server and client state machines are not built yet (issue 3).
 
 pub mod ids;
+pub mod server;
 pub mod wire;

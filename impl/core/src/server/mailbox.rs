@@ -1,0 +1,330 @@
+//! A per-device offline queue with at-least-once semantics.
+//!
+//! The promises, each tested against a reference model in
+//! `tests/mailbox_model.rs`:
+//! - **Idempotent enqueue** on `(sender, message id)`: a sender retrying after a
+//!   lost server-ack never creates a second copy (Signal-Server dedups here too).
+//! - **Delete only on delivery-ack or expiry**, never on send.
+//! - **FIFO**: entries go out in enqueue order, on the first pass and on every
+//!   redelivery pass, so order per sender→recipient is kept across redelivery.
+//! - **Bounded**: at most [`MAILBOX_DEPTH_MAX`] entries; a full mailbox refuses
+//!   new entries (the sender is told) and never drops stored ones.
+//! - **Bounded in flight**: at most `window` unacked deliveries outstanding, so a
+//!   backlog drains without one round trip per message and without flooding.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceAddress, MessageId};
+
+/// Most entries one device's mailbox holds. 10,000 is weeks of heavy use for one
+/// device; past it the sender gets an error instead of the server growing
+/// without bound or silently dropping older messages.
+pub const MAILBOX_DEPTH_MAX: usize = 10_000;
+
+/// The key that makes enqueue idempotent: who sent it and the id they chose.
+pub type EntryKey = (DeviceAddress, MessageId);
+
+/// One queued item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry<P> {
+    /// Position in the mailbox; increases with every new enqueue.
+    pub seq: u64,
+    /// Sender and message id.
+    pub key: EntryKey,
+    /// When it stops being worth delivering, ms since the epoch.
+    pub expires_at_ms: u64,
+    /// What to deliver.
+    pub payload: P,
+    /// When it was last handed out, if it is awaiting an ack.
+    pub in_flight_since_ms: Option<u64>,
+}
+
+/// Outcome of [`Mailbox::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored as a new entry with this sequence number.
+    New(u64),
+    /// Already queued under the same key: nothing changed.
+    Duplicate(u64),
+}
+
+/// The mailbox is at [`MAILBOX_DEPTH_MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("mailbox holds {depth} entries, the limit is {max}")]
+pub struct MailboxFull {
+    /// Entries held.
+    pub depth: usize,
+    /// The limit.
+    pub max: usize,
+}
+
+/// Deliberate bugs a test, scenario or model check can switch on to prove its
+/// checker notices. Off by default; never set them in a real deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxBug {
+    /// Delete an entry as soon as it is handed out, instead of on ack.
+    DeleteOnSend,
+    /// Enqueue a retry as a second copy instead of recognising it.
+    EnqueueNotIdempotent,
+}
+
+/// One device's queue of undelivered or unacknowledged items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox<P> {
+    entries: BTreeMap<u64, Entry<P>>,
+    by_key: BTreeMap<EntryKey, u64>,
+    /// (expiry, seq), so expiry is a range scan rather than a full pass.
+    by_expiry: BTreeSet<(u64, u64)>,
+    /// (handed out at, seq) of in-flight entries, for ack timeouts.
+    in_flight: BTreeSet<(u64, u64)>,
+    next_seq: u64,
+    depth_max: usize,
+    bug: Option<MailboxBug>,
+}
+
+impl<P: Clone> Default for Mailbox<P> {
+    fn default() -> Self {
+        Mailbox::with_depth_max(MAILBOX_DEPTH_MAX)
+    }
+}
+
+impl<P: Clone> Mailbox<P> {
+    /// An empty mailbox with a custom depth limit (tests use small ones to reach
+    /// the limit quickly).
+    pub fn with_depth_max(depth_max: usize) -> Self {
+        Mailbox {
+            entries: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            by_expiry: BTreeSet::new(),
+            in_flight: BTreeSet::new(),
+            next_seq: 1,
+            depth_max,
+            bug: None,
+        }
+    }
+
+    /// Switches a deliberate bug on (or off with `None`); see [`MailboxBug`].
+    pub fn set_bug(&mut self, bug: Option<MailboxBug>) {
+        self.bug = bug;
+    }
+
+    /// Entries held (delivered-but-unacked ones included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries handed out and not yet acked.
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether an entry with this key is held.
+    pub fn contains(&self, key: &EntryKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// All entries in delivery order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<P>> {
+        self.entries.values()
+    }
+
+    /// Adds an item unless one with the same key is already held.
+    pub fn enqueue(&mut self, key: EntryKey, payload: P, expires_at_ms: u64) -> Result<Enqueued, MailboxFull> {
+        if let Some(&seq) = self.by_key.get(&key) {
+            if self.bug != Some(MailboxBug::EnqueueNotIdempotent) {
+                return Ok(Enqueued::Duplicate(seq));
+            }
+        }
+        if self.entries.len() >= self.depth_max {
+            return Err(MailboxFull { depth: self.entries.len(), max: self.depth_max });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // Under EnqueueNotIdempotent this overwrites the index and the older
+        // copy stays queued: the bug shows as a duplicate delivery.
+        self.by_key.insert(key.clone(), seq);
+        self.by_expiry.insert((expires_at_ms, seq));
+        self.entries.insert(seq, Entry { seq, key, expires_at_ms, payload, in_flight_since_ms: None });
+        Ok(Enqueued::New(seq))
+    }
+
+    /// Hands out the oldest entries not yet in flight, so that at most `window`
+    /// are in flight, and marks them in flight since `now_ms`.
+    pub fn poll_deliveries(&mut self, now_ms: u64, window: usize) -> Vec<Entry<P>> {
+        let room = window.saturating_sub(self.in_flight.len());
+        let mut out = Vec::new();
+        if room == 0 {
+            return out;
+        }
+        for entry in self.entries.values_mut() {
+            if out.len() == room {
+                break;
+            }
+            if entry.in_flight_since_ms.is_none() {
+                entry.in_flight_since_ms = Some(now_ms);
+                self.in_flight.insert((now_ms, entry.seq));
+                out.push(entry.clone());
+            }
+        }
+        if self.bug == Some(MailboxBug::DeleteOnSend) {
+            for e in &out {
+                self.remove_seq(e.seq);
+            }
+        }
+        out
+    }
+
+    /// The device stored the item: delete it. Returns the removed entry, or
+    /// `None` for an unknown key (a duplicate ack is harmless).
+    pub fn ack(&mut self, key: &EntryKey) -> Option<Entry<P>> {
+        let seq = *self.by_key.get(key)?;
+        self.remove_seq(seq)
+    }
+
+    fn remove_seq(&mut self, seq: u64) -> Option<Entry<P>> {
+        let entry = self.entries.remove(&seq)?;
+        if self.by_key.get(&entry.key) == Some(&seq) {
+            self.by_key.remove(&entry.key);
+        }
+        self.by_expiry.remove(&(entry.expires_at_ms, seq));
+        if let Some(since) = entry.in_flight_since_ms {
+            self.in_flight.remove(&(since, seq));
+        }
+        Some(entry)
+    }
+
+    /// The connection went away: everything in flight goes back to undelivered,
+    /// to be handed out again (in order) on the next connection.
+    pub fn requeue_all(&mut self) {
+        for (_, seq) in std::mem::take(&mut self.in_flight) {
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.in_flight_since_ms = None;
+            }
+        }
+    }
+
+    /// Entries in flight since `now_ms - ack_timeout_ms` or earlier go back to
+    /// undelivered. Returns how many.
+    pub fn requeue_timed_out(&mut self, now_ms: u64, ack_timeout_ms: u64) -> usize {
+        let Some(cutoff) = now_ms.checked_sub(ack_timeout_ms) else {
+            return 0;
+        };
+        let stale: Vec<(u64, u64)> = self.in_flight.range(..=(cutoff, u64::MAX)).copied().collect();
+        for item in &stale {
+            self.in_flight.remove(item);
+            if let Some(e) = self.entries.get_mut(&item.1) {
+                e.in_flight_since_ms = None;
+            }
+        }
+        stale.len()
+    }
+
+    /// Removes and returns every entry whose expiry is at or before `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Entry<P>> {
+        let due: Vec<(u64, u64)> = self.by_expiry.range(..=(now_ms, u64::MAX)).copied().collect();
+        let mut out = Vec::with_capacity(due.len());
+        for (_, seq) in due {
+            if let Some(e) = self.remove_seq(seq) {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// The earliest time something needs doing: an ack timeout or an expiry.
+    pub fn next_deadline_ms(&self, ack_timeout_ms: u64) -> Option<u64> {
+        let ack = self.in_flight.first().map(|(since, _)| since.saturating_add(ack_timeout_ms));
+        let exp = self.by_expiry.first().map(|(at, _)| *at);
+        match (ack, exp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{DeviceId, UserId};
+
+    fn key(n: u8) -> EntryKey {
+        (DeviceAddress::new(UserId::new("bob").unwrap(), DeviceId(1)), MessageId([n; 16]))
+    }
+
+    #[test]
+    fn retried_enqueue_does_not_create_a_second_copy() {
+        let mut m = Mailbox::default();
+        assert_eq!(m.enqueue(key(1), "a", 100), Ok(Enqueued::New(1)));
+        assert_eq!(m.enqueue(key(1), "a", 100), Ok(Enqueued::Duplicate(1)));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn delivery_does_not_delete_only_ack_does() {
+        let mut m = Mailbox::default();
+        m.enqueue(key(1), "a", 100).unwrap();
+        assert_eq!(m.poll_deliveries(0, 8).len(), 1);
+        assert_eq!(m.len(), 1);
+        assert!(m.ack(&key(1)).is_some());
+        assert!(m.is_empty());
+        assert!(m.ack(&key(1)).is_none(), "a second ack is harmless");
+    }
+
+    #[test]
+    fn window_bounds_in_flight_and_redelivery_keeps_order() {
+        let mut m = Mailbox::default();
+        for n in 1..=5 {
+            m.enqueue(key(n), n, 1_000).unwrap();
+        }
+        let first: Vec<u8> = m.poll_deliveries(0, 2).iter().map(|e| e.payload).collect();
+        assert_eq!(first, vec![1, 2]);
+        assert!(m.poll_deliveries(0, 2).is_empty(), "window full");
+        m.ack(&key(2));
+        assert_eq!(m.poll_deliveries(0, 2).iter().map(|e| e.payload).collect::<Vec<_>>(), vec![3]);
+        m.requeue_all();
+        let again: Vec<u8> = m.poll_deliveries(1, 10).iter().map(|e| e.payload).collect();
+        assert_eq!(again, vec![1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn ack_timeout_requeues_only_stale_entries() {
+        let mut m = Mailbox::default();
+        m.enqueue(key(1), 1, 10_000).unwrap();
+        m.poll_deliveries(0, 8);
+        m.enqueue(key(2), 2, 10_000).unwrap();
+        m.poll_deliveries(500, 8);
+        assert_eq!(m.next_deadline_ms(1_000), Some(1_000));
+        assert_eq!(m.requeue_timed_out(999, 1_000), 0);
+        assert_eq!(m.requeue_timed_out(1_000, 1_000), 1);
+        assert_eq!(m.poll_deliveries(1_000, 8).iter().map(|e| e.payload).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn expiry_removes_due_entries_and_reports_them() {
+        let mut m = Mailbox::default();
+        m.enqueue(key(1), 1, 100).unwrap();
+        m.enqueue(key(2), 2, 200).unwrap();
+        assert_eq!(m.next_deadline_ms(1_000), Some(100));
+        assert!(m.expire(99).is_empty());
+        assert_eq!(m.expire(150).iter().map(|e| e.payload).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(m.len(), 1);
+        assert!(!m.contains(&key(1)));
+    }
+
+    #[test]
+    fn full_mailbox_refuses_new_entries_and_keeps_old_ones() {
+        let mut m = Mailbox::with_depth_max(2);
+        m.enqueue(key(1), 1, 100).unwrap();
+        m.enqueue(key(2), 2, 100).unwrap();
+        assert_eq!(m.enqueue(key(3), 3, 100), Err(MailboxFull { depth: 2, max: 2 }));
+        assert_eq!(m.enqueue(key(1), 1, 100), Ok(Enqueued::Duplicate(1)), "a retry of a held entry still succeeds");
+        assert_eq!(m.len(), 2);
+    }
+}

@@ -1,0 +1,4 @@
+//! The chat server's state, one module per concern. The `Server` state
+//! machine that ties them together is not built yet (issue 3).
+
+pub mod mailbox;
