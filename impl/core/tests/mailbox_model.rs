@@ -4,6 +4,8 @@
 //! deliberate bug on and expects the comparison to fail, so the check is seen
 //! to be able to fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use bluetick_core::ids::{DeviceAddress, DeviceId, MessageId, UserId};
 use bluetick_core::server::mailbox::{Enqueued, EntryKey, Mailbox, MailboxBug};
 use proptest::prelude::*;
@@ -97,12 +99,10 @@ fn run(ops: &[Op], bug: Option<MailboxBug>) -> Result<(), TestCaseError> {
                 let k = key(*sender, *id);
                 let r = real.enqueue(k.clone(), next_payload, now + ttl_ms);
                 let m = model.enqueue(k, next_payload, now + ttl_ms);
-                let same = match (&r, &m) {
-                    (Ok(Enqueued::New(_)), Ok(true)) | (Ok(Enqueued::Duplicate(_)), Ok(false)) | (Err(_), Err(())) => {
-                        true
-                    }
-                    _ => false,
-                };
+                let same = matches!(
+                    (&r, &m),
+                    (Ok(Enqueued::New(_)), Ok(true)) | (Ok(Enqueued::Duplicate(_)), Ok(false)) | (Err(_), Err(()))
+                );
                 prop_assert!(same, "step {step} {op:?}: real {r:?}, model {m:?}");
             }
             Op::Poll { window } => {
