@@ -57,6 +57,12 @@ pub fn verify(public: &PublicKey, message: &[u8], signature: &Signature) -> Resu
     let edwards = MontgomeryPoint(public.0).to_edwards(sign_bit).ok_or(SignatureError::UnusableKey(*public))?;
     let vk =
         VerifyingKey::from_bytes(&edwards.compress().to_bytes()).map_err(|_| SignatureError::UnusableKey(*public))?;
+    // The cofactorless equation accepts forgeries (R = identity, s = 0) under a
+    // low-order key. libsignal does not check this; no honest key is low-order,
+    // so refusing them costs no compatibility and closes that hole for every caller.
+    if vk.is_weak() {
+        return Err(SignatureError::UnusableKey(*public));
+    }
     // The cofactorless check `[s]B = R + [h]A` is exactly libsignal's, so both
     // sides accept the same signatures.
     vk.verify(message, &EdSignature::from_bytes(&sig)).map_err(|_| SignatureError::Invalid(*public))
@@ -96,5 +102,21 @@ mod tests {
         assert!(verify(&id.public(), b"signed prekey", &bad).is_err());
         let other = IdentityKeyPair::generate(&mut rng);
         assert!(verify(&other.public(), b"signed prekey", &sig).is_err());
+    }
+
+    #[test]
+    fn low_order_key_cannot_validate_a_forged_signature() {
+        // R = the Edwards identity (compressed: 1, then zeros), s = 0: the
+        // cofactorless equation holds for any message under a low-order key.
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        for u in [[0u8; 32], {
+            let mut one = [0u8; 32];
+            one[0] = 1;
+            one
+        }] {
+            let key = PublicKey(u);
+            assert_eq!(verify(&key, b"anything", &Signature(forged)), Err(SignatureError::UnusableKey(key)));
+        }
     }
 }
