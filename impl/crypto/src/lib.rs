@@ -22,6 +22,7 @@
 //! - [`ratchet`]: Double Ratchet sessions with bounded skipped keys.
 //! - [`sender_key`]: Sender Keys for groups, with rotation.
 //! - [`media`]: streaming attachment encryption (`bluetick-v1`, `whatsapp-v1`).
+//! - [`vectors`]: known-answer vectors, regenerated and checked by the tests.
 
 pub mod kdf;
 pub mod keys;
@@ -30,6 +31,7 @@ pub mod prekeys;
 pub mod ratchet;
 pub mod sender_key;
 pub mod suite;
+pub mod vectors;
 pub mod x3dh;
 pub mod xeddsa;
 
