@@ -1,4 +1,5 @@
-//! The client↔server wire protocol, version 1 (specified in `docs/protocol.md`).
+//! The client↔server wire protocol, version 1. This module is its reference
+//! until `docs/protocol.md` is written with the server (issue 3).
 //!
 //! Frames are serde types encoded with postcard (a compact, documented,
 //! varint-based format). The frame length is checked against
@@ -153,7 +154,7 @@ pub struct SignedGroupChange {
     pub add: Vec<UserId>,
     /// Members removed.
     pub remove: Vec<UserId>,
-    /// XEdDSA over the change's canonical encoding (see `docs/protocol.md`).
+    /// XEdDSA over the change's canonical encoding (defined with the server, issue 3).
     pub signature: Signature,
 }
 
