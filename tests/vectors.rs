@@ -235,11 +235,11 @@ fn sender_key_bluetick_v1_follows_from_the_spec() {
         let group = &d[1..17];
         assert_eq!(group, h(&v["group_id"]));
         let key_id = &d[17..21];
-        let mut iteration = u32::from_be_bytes(d[21..25].try_into().unwrap());
+        let first_iteration = u32::from_be_bytes(d[21..25].try_into().unwrap());
         let mut ck: [u8; 32] = d[25..57].try_into().unwrap();
         let signing = SigningKey::from_bytes(&h32(&v[seed]));
         assert_eq!(signing.verifying_key().to_bytes().to_vec(), d[57..89].to_vec());
-        for m in v[msgs].as_array().unwrap() {
+        for (iteration, m) in (first_iteration..).zip(v[msgs].as_array().unwrap()) {
             let seed_i = hmac(&ck, &[&[1]]);
             ck = hmac(&ck, &[&[2]]);
             let okm: [u8; 44] = hkdf(&[0; 32], &seed_i, b"bluetick sender key v1");
@@ -251,7 +251,6 @@ fn sender_key_bluetick_v1_follows_from_the_spec() {
             let sig = signing.sign(&encoded);
             encoded.extend_from_slice(&sig.to_bytes());
             assert_eq!(encoded, h(&m["encoded"]), "group message at iteration {iteration}");
-            iteration += 1;
         }
     }
 }

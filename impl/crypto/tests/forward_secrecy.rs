@@ -75,15 +75,16 @@ fn run(suite: CipherSuite, with_one_time_prekey: bool, k: usize) {
 
     // Bob receives 1..k.
     for (i, msg) in recorded.iter().take(k).enumerate() {
-        if bob.session.is_none() {
-            let r = x3dh::respond(suite, &bob.store, &init.header).unwrap();
-            let mut s = Session::responder(suite, &r.shared_secret, r.associated_data.clone(), r.signed_prekey.clone());
-            assert_eq!(s.decrypt(msg, &mut rng).unwrap().as_slice(), format!("m{i}").as_bytes());
-            r.commit(&mut bob.store).unwrap();
-            bob.session = Some(s);
-        } else {
-            let s = bob.session.as_mut().unwrap();
-            assert_eq!(s.decrypt(msg, &mut rng).unwrap().as_slice(), format!("m{i}").as_bytes());
+        match bob.session.as_mut() {
+            None => {
+                let r = x3dh::respond(suite, &bob.store, &init.header).unwrap();
+                let mut s =
+                    Session::responder(suite, &r.shared_secret, r.associated_data.clone(), r.signed_prekey.clone());
+                assert_eq!(s.decrypt(msg, &mut rng).unwrap().as_slice(), format!("m{i}").as_bytes());
+                r.commit(&mut bob.store).unwrap();
+                bob.session = Some(s);
+            }
+            Some(s) => assert_eq!(s.decrypt(msg, &mut rng).unwrap().as_slice(), format!("m{i}").as_bytes()),
         }
     }
 
