@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`ids`]: user, device, message, group and blob identifiers.
 //! - [`wire`]: the client↔server frames and their size-checked codec.
-//! - [`server`]: the chat server's parts ([`server::mailbox`] so far).
+//! - [`server`]: the chat server's parts so far: [`server::mailbox`] (per-device
+//!   offline queue) and [`server::bodies`] (group bodies stored once).
 //!
 //! The server and client state machines are not built yet (issue 3).
 
