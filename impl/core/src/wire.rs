@@ -154,8 +154,35 @@ pub struct SignedGroupChange {
     pub add: Vec<UserId>,
     /// Members removed.
     pub remove: Vec<UserId>,
-    /// XEdDSA over the change's canonical encoding (defined with the server, issue 3).
+    /// XEdDSA by the admin's identity key over [`SignedGroupChange::signed_bytes`].
     pub signature: Signature,
+}
+
+impl SignedGroupChange {
+    /// The canonical bytes the admin signs:
+    /// `"bluetick group change v1" ‖ group (16) ‖ u64be(version) ‖ admin ‖
+    /// u32be(#add) ‖ add… ‖ u32be(#remove) ‖ remove…`, where each user id is
+    /// `u8(len) ‖ bytes`. Everything but the signature is covered, so neither
+    /// the server nor anyone else can change a member list unnoticed.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        fn user(out: &mut Vec<u8>, u: &UserId) {
+            // User ids are at most USER_ID_LEN_MAX (32) bytes, so the length fits a u8.
+            out.push(u.as_str().len() as u8);
+            out.extend_from_slice(u.as_str().as_bytes());
+        }
+        let mut out = Vec::with_capacity(64 + 33 * (1 + self.add.len() + self.remove.len()));
+        out.extend_from_slice(b"bluetick group change v1");
+        out.extend_from_slice(&self.group.0);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        user(&mut out, &self.admin);
+        for list in [&self.add, &self.remove] {
+            out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+            for u in list.iter() {
+                user(&mut out, u);
+            }
+        }
+        out
+    }
 }
 
 /// Frames a client sends.
