@@ -251,8 +251,8 @@ pub enum ClientFrame {
     },
     /// The device stored these deliveries durably; the server may delete them.
     DeliveryAck {
-        /// (sender, message id) of each stored delivery.
-        acks: Vec<(DeviceAddress, MessageId)>,
+        /// The `seq` of each stored [`ServerFrame::Deliver`].
+        seqs: Vec<u64>,
     },
     /// Receipts for messages from `to`, batched.
     Receipt {
@@ -334,6 +334,31 @@ pub enum ErrorCode {
     UnknownBlob,
 }
 
+/// An item delivered from a device's mailbox: at least once, acked by `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// A message from another device.
+    Envelope(Envelope),
+    /// Receipts from a recipient of this device's messages.
+    Receipt {
+        /// Who sent the receipt (the original recipient).
+        from: DeviceAddress,
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// Messages covered.
+        message_ids: Vec<MessageId>,
+    },
+    /// A message this device sent expired undelivered after its TTL (no silent loss).
+    Expired {
+        /// The recipient that never got it.
+        to: DeviceAddress,
+        /// The expired message.
+        message_id: MessageId,
+    },
+    /// A membership change to apply after checking the admin's signature.
+    GroupChange(SignedGroupChange),
+}
+
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
@@ -354,26 +379,29 @@ pub enum ServerFrame {
         /// When the server first accepted it.
         server_ts_ms: u64,
     },
-    /// Deliver an envelope; the device answers with a delivery-ack.
+    /// Something from the device's mailbox; the device answers with a
+    /// [`ClientFrame::DeliveryAck`] naming `seq` once it stored the item
+    /// durably. The same `seq` is used on every redelivery of the item.
     Deliver {
-        /// The envelope.
-        envelope: Envelope,
+        /// The item's position in the device's mailbox, stable across redelivery
+        /// and server restarts.
+        seq: u64,
+        /// What is delivered.
+        item: Delivery,
     },
-    /// Receipts from a recipient, delivered at least once like envelopes.
-    Receipt {
-        /// Who sent the receipt (the original recipient).
-        from: DeviceAddress,
-        /// Delivered or read.
-        kind: ReceiptKind,
-        /// Messages covered.
-        message_ids: Vec<MessageId>,
+    /// A group change was verified, stored and queued for the members.
+    GroupChangeAccepted {
+        /// The group.
+        group: GroupId,
+        /// The version now current.
+        version: u64,
     },
-    /// A message expired undelivered after its TTL (no silent loss).
-    Expired {
-        /// The recipient that never got it.
-        to: DeviceAddress,
-        /// The expired message.
-        message_id: MessageId,
+    /// A media blob is complete and stored durably.
+    MediaStored {
+        /// The blob.
+        blob: BlobId,
+        /// Its length in bytes.
+        len: u64,
     },
     /// Answer to [`ClientFrame::FetchBundle`].
     Bundle {
@@ -386,11 +414,6 @@ pub enum ServerFrame {
     PreKeysLow {
         /// How many are left.
         remaining: u32,
-    },
-    /// A membership change to apply (after checking its signature).
-    GroupChange {
-        /// The signed change.
-        change: SignedGroupChange,
     },
     /// Presence of a followed user, throttled and coarsened.
     Presence {
@@ -515,7 +538,7 @@ mod tests {
                 kind: EnvelopeKind::Message,
                 ciphertext: vec![1, 2, 3],
             },
-            ClientFrame::DeliveryAck { acks: vec![(alice(), MessageId([1; 16]))] },
+            ClientFrame::DeliveryAck { seqs: vec![1, 2, 300] },
             ClientFrame::Ping { nonce: 9 },
         ];
         for f in frames {

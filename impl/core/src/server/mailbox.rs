@@ -188,6 +188,37 @@ impl<P: Clone> Mailbox<P> {
         self.remove_seq(seq)
     }
 
+    /// The device stored the delivery with this `seq`: delete it. `None` for
+    /// an unknown seq (a duplicate or late ack is harmless).
+    pub fn ack_seq(&mut self, seq: u64) -> Option<Entry<P>> {
+        self.remove_seq(seq)
+    }
+
+    /// The entry at `seq`, if held.
+    pub fn get(&self, seq: u64) -> Option<&Entry<P>> {
+        self.entries.get(&seq)
+    }
+
+    /// Rebuilds a mailbox after a restart from entries read back from the
+    /// store, keeping their sequence numbers (a device may ack a `seq` it was
+    /// sent before the restart). Nothing is in flight afterwards.
+    pub fn restore(entries: impl IntoIterator<Item = Entry<P>>, depth_max: usize) -> Self {
+        let mut m = Mailbox::with_depth_max(depth_max);
+        for mut e in entries {
+            e.in_flight_since_ms = None;
+            m.next_seq = m.next_seq.max(e.seq + 1);
+            m.by_key.insert(e.key.clone(), e.seq);
+            m.by_expiry.insert((e.expires_at_ms, e.seq));
+            m.entries.insert(e.seq, e);
+        }
+        m
+    }
+
+    /// The sequence number the next new entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     fn remove_seq(&mut self, seq: u64) -> Option<Entry<P>> {
         let entry = self.entries.remove(&seq)?;
         if self.by_key.get(&entry.key) == Some(&seq) {
@@ -316,6 +347,22 @@ mod tests {
         assert_eq!(m.expire(150).iter().map(|e| e.payload).collect::<Vec<_>>(), vec![1]);
         assert_eq!(m.len(), 1);
         assert!(!m.contains(&key(1)));
+    }
+
+    #[test]
+    fn restore_keeps_sequence_numbers_and_clears_in_flight() {
+        let mut m = Mailbox::default();
+        m.enqueue(key(1), 1, 100).unwrap();
+        m.enqueue(key(2), 2, 100).unwrap();
+        m.poll_deliveries(0, 8);
+        m.ack_seq(1);
+        let saved: Vec<Entry<u8>> = m.entries().cloned().collect();
+        let mut back = Mailbox::restore(saved, MAILBOX_DEPTH_MAX);
+        assert_eq!(back.in_flight_len(), 0);
+        assert_eq!(back.next_seq(), 3);
+        assert_eq!(back.poll_deliveries(1, 8).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(back.enqueue(key(2), 2, 100), Ok(Enqueued::Duplicate(2)));
+        assert_eq!(back.enqueue(key(3), 3, 100), Ok(Enqueued::New(3)));
     }
 
     #[test]
