@@ -254,8 +254,11 @@ pub enum ClientFrame {
         /// The `seq` of each stored [`ServerFrame::Deliver`].
         seqs: Vec<u64>,
     },
-    /// Receipts for messages from `to`, batched.
+    /// Receipts for messages from `to`, batched. Answered with a
+    /// [`ServerFrame::ServerAck`] for `id`; resend with the same `id` until then.
     Receipt {
+        /// Client-chosen id of this receipt batch, for the ack and idempotency.
+        id: MessageId,
         /// The original sender.
         to: UserId,
         /// Delivered or read.
@@ -330,6 +333,8 @@ pub enum ErrorCode {
     NotMember,
     /// A limit was reached (rate, mailbox depth, group size…).
     LimitExceeded,
+    /// The server could not store the item durably; retry later. Nothing was kept.
+    Unavailable,
     /// No such blob (or not yet complete).
     UnknownBlob,
 }
