@@ -1,19 +1,24 @@
 //! The sans-IO messaging core of bluetick.
 //!
 //! # Contract
-//! Like quinn-proto, this crate is deterministic and does no IO: no sockets, no
-//! clock, no threads, no global RNG. Time (`now`) and randomness come in as
-//! parameters; collections whose order can reach output are ordered. The tokio
-//! runtime, the simulator and the model checker all drive the same code.
+//! Like quinn-proto, the state machines here are deterministic and do no IO: no
+//! sockets, no clock, no threads, no global RNG. Time (`now`) and randomness
+//! come in as parameters; collections whose order can reach output are ordered.
+//! The tokio runtime, the simulator and the model checker all drive the same
+//! code. Durable state goes through the [`store::Store`] trait the driver hands
+//! in; [`store::RedbStore`] is the one IO adapter in the crate, and the
+//! simulator and model checker use [`store::MemoryStore`].
 //!
 //! # Layout
 //! - [`ids`]: user, device, message, group and blob identifiers.
 //! - [`wire`]: the client↔server frames and their size-checked codec.
 //! - [`server`]: the chat server's parts so far: [`server::mailbox`] (per-device
 //!   offline queue) and [`server::bodies`] (group bodies stored once).
+//! - [`store`]: durable key-value storage with atomic batches (in memory, redb).
 //!
 //! The server and client state machines are not built yet (issue 3).
 
 pub mod ids;
 pub mod server;
+pub mod store;
 pub mod wire;

@@ -62,6 +62,39 @@ impl BodyStore {
         true
     }
 
+    /// Rebuilds the store after a restart: bodies read back from storage with
+    /// reference counts recounted from the mailboxes that point at them. A body
+    /// nobody references any more is dropped (it was freed but the delete had
+    /// not reached storage). Returns the ids dropped.
+    pub fn restore(
+        bodies: impl IntoIterator<Item = (BodyId, Vec<u8>)>,
+        refs: &BTreeMap<BodyId, u32>,
+    ) -> (Self, Vec<BodyId>) {
+        let mut store = BodyStore::default();
+        let mut dropped = Vec::new();
+        for (id, bytes) in bodies {
+            store.next_id = store.next_id.max(id.0 + 1);
+            match refs.get(&id).copied().filter(|r| *r > 0) {
+                Some(r) => {
+                    store.bytes_held += bytes.len() as u64;
+                    store.bodies.insert(id, Body { bytes, refs: r });
+                }
+                None => dropped.push(id),
+            }
+        }
+        (store, dropped)
+    }
+
+    /// The id the next body gets (persisted so ids are never reused across restarts).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Raises the next id to at least `next` (after reading it back from storage).
+    pub fn reserve_ids_below(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     /// Bodies held.
     pub fn len(&self) -> usize {
         self.bodies.len()

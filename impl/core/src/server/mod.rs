@@ -1,5 +1,10 @@
-//! The chat server's state, one module per concern. The `Server` state
-//! machine that ties them together is not built yet (issue 3).
+//! The chat server: one sans-IO state machine ([`Server`], in [`machine`])
+//! built from one module per concern.
 
 pub mod bodies;
+pub mod keys;
+pub mod machine;
 pub mod mailbox;
+pub mod presence;
+
+pub use machine::{ConnId, Server, ServerBugs, ServerConfig, ServerOutput, ServerStats};

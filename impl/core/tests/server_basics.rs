@@ -1,0 +1,273 @@
+//! The server state machine driven frame by frame by hand-written devices:
+//! authentication, send / server-ack / deliver / delivery-ack, idempotent
+//! retries, redelivery after reconnect, crash recovery from the store,
+//! refusals, and no plaintext anywhere in the store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bluetick_core::ids::{DeviceAddress, DeviceId, MessageId, UserId};
+use bluetick_core::server::{ConnId, Server, ServerConfig, ServerOutput};
+use bluetick_core::store::{MemoryStore, Store, Table};
+use bluetick_core::wire::{self, ClientFrame, Delivery, EnvelopeKind, ErrorCode, ServerFrame, SignedPreKeyUpload};
+use bluetick_crypto::{CipherSuite, IdentityKeyPair, KeyPair};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+struct Device {
+    addr: DeviceAddress,
+    id: IdentityKeyPair,
+    conn: ConnId,
+}
+
+struct Rig {
+    server: Server,
+    store: MemoryStore,
+    now: u64,
+    rng: ChaCha20Rng,
+    next_conn: u64,
+    inbox: std::collections::BTreeMap<ConnId, Vec<ServerFrame>>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Rig {
+            server: Server::new(ServerConfig::default(), 1),
+            store: MemoryStore::new(),
+            now: 1_000,
+            rng: ChaCha20Rng::seed_from_u64(2),
+            next_conn: 1,
+            inbox: Default::default(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.server.poll_output() {
+            if let ServerOutput::Frame { conn, frame } = o {
+                self.inbox.entry(conn).or_default().push(frame);
+            }
+        }
+    }
+
+    /// Everything sent to `conn` since the last call (frames for other
+    /// connections stay in their inboxes).
+    fn frames_for(&mut self, conn: ConnId) -> Vec<ServerFrame> {
+        self.drain();
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    fn send(&mut self, conn: ConnId, f: &ClientFrame) -> Vec<ServerFrame> {
+        let bytes = wire::encode(f);
+        self.server.handle_bytes(conn, &bytes, self.now, &mut self.store);
+        self.frames_for(conn)
+    }
+
+    fn connect(&mut self, name: &str, id: IdentityKeyPair, register: bool) -> (Device, Vec<ServerFrame>) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.server.handle_connect(conn, self.now);
+        let nonce = match self.frames_for(conn).as_slice() {
+            [ServerFrame::Challenge { nonce }] => *nonce,
+            other => panic!("expected a challenge, got {other:?}"),
+        };
+        let addr = DeviceAddress::new(UserId::new(name).unwrap(), DeviceId(1));
+        let proof = id.sign(&wire::auth_message(&nonce, &addr.user, addr.device), &mut self.rng);
+        let frame = if register {
+            ClientFrame::Register {
+                version: wire::PROTOCOL_VERSION,
+                user: addr.user.clone(),
+                device: addr.device,
+                identity_key: id.public(),
+                proof,
+            }
+        } else {
+            ClientFrame::Authenticate {
+                version: wire::PROTOCOL_VERSION,
+                user: addr.user.clone(),
+                device: addr.device,
+                proof,
+            }
+        };
+        let got = self.send(conn, &frame);
+        (Device { addr, id, conn }, got)
+    }
+
+    fn register(&mut self, name: &str) -> Device {
+        let id = IdentityKeyPair::generate(&mut self.rng);
+        let (d, got) = self.connect(name, id, true);
+        assert!(matches!(got.first(), Some(ServerFrame::Welcome { .. })), "{got:?}");
+        let spk = KeyPair::generate(&mut self.rng);
+        let sig = d.id.sign(&CipherSuite::BluetickV1.encode_public(&spk.public()), &mut self.rng);
+        let up = ClientFrame::UploadPreKeys {
+            signed_prekey: SignedPreKeyUpload { id: 1, key: spk.public(), signature: sig },
+            one_time: vec![],
+        };
+        assert_eq!(self.send(d.conn, &up), vec![]);
+        d
+    }
+}
+
+fn text(to: &Device, id: u8, body: &[u8]) -> ClientFrame {
+    ClientFrame::Send {
+        message_id: MessageId([id; 16]),
+        to: to.addr.clone(),
+        kind: EnvelopeKind::Message,
+        ciphertext: body.to_vec(),
+    }
+}
+
+#[test]
+fn send_is_acked_after_storing_then_delivered_and_deleted_on_ack() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    let got = r.send(alice.conn, &text(&bob, 1, b"opaque-ciphertext-1"));
+    assert!(matches!(got.as_slice(), [ServerFrame::ServerAck { .. }]), "{got:?}");
+    assert_eq!(r.store.scan(Table::Mailbox).unwrap().len(), 1, "stored before the ack");
+    let to_bob = r.frames_for(bob.conn);
+    let seq = match to_bob.as_slice() {
+        [ServerFrame::Deliver { seq, item: Delivery::Envelope(e) }] => {
+            assert_eq!(e.from, alice.addr, "the server stamps the sender");
+            assert_eq!(e.ciphertext, b"opaque-ciphertext-1");
+            *seq
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.server.mailbox_len(&bob.addr), 1, "not deleted on send");
+    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    assert_eq!(r.server.mailbox_len(&bob.addr), 0);
+    assert!(r.store.scan(Table::Mailbox).unwrap().is_empty(), "deleted from the store on ack");
+}
+
+#[test]
+fn a_retry_after_a_lost_ack_creates_no_second_copy_even_after_delivery() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.send(alice.conn, &text(&bob, 1, b"x"));
+    let seq = match r.frames_for(bob.conn).as_slice() {
+        [ServerFrame::Deliver { seq, .. }] => *seq,
+        other => panic!("{other:?}"),
+    };
+    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    let again = r.send(alice.conn, &text(&bob, 1, b"x"));
+    assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]));
+    assert!(r.frames_for(bob.conn).is_empty(), "no second copy delivered");
+    assert_eq!(r.server.stats().duplicate_sends, 1);
+}
+
+#[test]
+fn unacked_deliveries_come_back_on_reconnect_and_after_the_ack_timeout() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.send(alice.conn, &text(&bob, 1, b"one"));
+    r.send(alice.conn, &text(&bob, 2, b"two"));
+    assert_eq!(r.frames_for(bob.conn).len(), 2);
+    // Ack timeout: handed out again, same seqs, same order.
+    r.now += ServerConfig::default().ack_timeout_ms;
+    assert!(r.server.poll_timeout().unwrap() <= r.now);
+    r.server.handle_timeout(r.now, &mut r.store);
+    let again: Vec<u64> = r
+        .frames_for(bob.conn)
+        .into_iter()
+        .map(|f| match f {
+            ServerFrame::Deliver { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(again, vec![1, 2]);
+    assert!(r.server.poll_timeout().unwrap() > r.now, "the next deadline is in the future");
+    // Reconnect: handed out again.
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    let (bob2, got) = r.connect("bob", bob.id.clone(), false);
+    assert!(matches!(got.first(), Some(ServerFrame::Welcome { .. })));
+    assert_eq!(got.iter().filter(|f| matches!(f, ServerFrame::Deliver { .. })).count(), 2);
+    let _ = bob2;
+}
+
+#[test]
+fn a_crashed_server_recovers_every_stored_message_and_binding() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    for i in 0..5 {
+        r.send(alice.conn, &text(&bob, i, format!("c{i}").as_bytes()));
+    }
+    // Crash: drop the server, keep the store.
+    r.server = Server::recover(ServerConfig::default(), 9, &mut r.store).unwrap();
+    assert_eq!(r.server.mailbox_len(&bob.addr), 5);
+    let (_, got) = r.connect("bob", bob.id.clone(), false);
+    let delivered: Vec<Vec<u8>> = got
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Deliver { item: Delivery::Envelope(e), .. } => Some(e.ciphertext),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, (0..5).map(|i| format!("c{i}").into_bytes()).collect::<Vec<_>>(), "all, in order");
+    // The retry index survived too: alice (reconnected) retries message 0.
+    let (alice2, _) = r.connect("alice", alice.id.clone(), false);
+    let again = r.send(alice2.conn, &text(&bob, 0, b"c0"));
+    assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]), "{again:?}");
+    assert_eq!(r.server.stats().duplicate_sends, 1);
+}
+
+#[test]
+fn a_failed_store_write_is_refused_and_leaves_nothing_behind() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.store.fail_next_apply();
+    let got = r.send(alice.conn, &text(&bob, 1, b"x"));
+    assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::Unavailable, .. }]), "{got:?}");
+    assert_eq!(r.server.mailbox_len(&bob.addr), 0);
+    assert!(r.frames_for(bob.conn).is_empty());
+    // The retry then succeeds: the failed attempt did not poison the id.
+    let got = r.send(alice.conn, &text(&bob, 1, b"x"));
+    assert!(matches!(got.as_slice(), [ServerFrame::ServerAck { .. }]), "{got:?}");
+}
+
+#[test]
+fn hostile_frames_get_clear_errors_and_touch_nothing() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    // Before authentication.
+    let conn = ConnId(99);
+    r.server.handle_connect(conn, r.now);
+    r.frames_for(conn);
+    let got = r.send(conn, &text(&bob, 1, b"x"));
+    assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::NotAuthenticated, .. }]));
+    // Garbage and oversize.
+    r.server.handle_bytes(alice.conn, &[0xff, 0xfe, 0x00], r.now, &mut r.store);
+    assert!(matches!(r.frames_for(alice.conn).as_slice(), [ServerFrame::Error { code: ErrorCode::Malformed, .. }]));
+    r.server.handle_bytes(alice.conn, &vec![0u8; wire::FRAME_LEN_MAX + 1], r.now, &mut r.store);
+    assert!(matches!(r.frames_for(alice.conn).first(), Some(ServerFrame::Error { code: ErrorCode::TooLarge, .. })));
+    // Unknown recipient.
+    let ghost =
+        Device { addr: DeviceAddress::new(UserId::new("ghost").unwrap(), DeviceId(1)), id: bob.id.clone(), conn };
+    let got = r.send(alice.conn, &text(&ghost, 2, b"x"));
+    assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::UnknownRecipient, .. }]));
+    // Logging in as bob with alice's key.
+    let (_, got) = r.connect("bob", alice.id.clone(), false);
+    assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::AuthFailed, .. }]), "{got:?}");
+    assert_eq!(r.server.mailbox_total(), 0);
+}
+
+#[test]
+fn the_store_never_holds_plaintext_only_what_clients_sent() {
+    // The server stores exactly the bytes it was given: if a client sends
+    // ciphertext, no plaintext can appear. Here the "ciphertext" is a marker
+    // we then search the whole store for, to show the check can see it.
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    r.send(alice.conn, &text(&bob, 1, b"MARKER-0123456789"));
+    let found = Table::ALL
+        .iter()
+        .flat_map(|t| r.store.scan(*t).unwrap())
+        .any(|(_, v)| v.windows(17).any(|w| w == b"MARKER-0123456789"));
+    assert!(found, "the scan can find bytes in the store");
+}
