@@ -14,11 +14,15 @@
 //! - [`wire`]: the client↔server frames and their size-checked codec.
 //! - [`server`]: the chat server's parts so far: [`server::mailbox`] (per-device
 //!   offline queue) and [`server::bodies`] (group bodies stored once).
+//! - [`client`]: the sans-IO [`client::Client`] state machine of one device:
+//!   sessions, outbox, dedup, receipts and ticks, groups with sender keys.
 //! - [`store`]: durable key-value storage with atomic batches (in memory, redb).
 //!
 //! The server and client state machines are not built yet (issue 3).
 
+pub mod client;
 pub mod ids;
 pub mod server;
 pub mod store;
 pub mod wire;
+pub mod world;

@@ -590,9 +590,17 @@ impl SkippedKeys {
 
 impl Serialize for SkippedKeys {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.order.values().filter_map(|id| {
-            self.keys.get(id).map(|(_, message_key)| SkippedKeyRef { ratchet_key: id.0, n: id.1, message_key })
-        }))
+        // Collected first so the sequence has an exact length: non-self-describing
+        // formats such as postcard refuse a sequence of unknown length (a
+        // `filter_map` iterator has no exact size).
+        let entries: Vec<SkippedKeyRef<'_>> = self
+            .order
+            .values()
+            .filter_map(|id| {
+                self.keys.get(id).map(|(_, message_key)| SkippedKeyRef { ratchet_key: id.0, n: id.1, message_key })
+            })
+            .collect();
+        s.collect_seq(entries)
     }
 }
 

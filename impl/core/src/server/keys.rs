@@ -185,6 +185,11 @@ pub struct DeviceKeys {
     pub signed_prekey: Option<StoredSignedPreKey>,
     /// One-time prekeys not yet handed out, by id.
     pub one_time_prekeys: BTreeMap<u32, PublicKey>,
+    /// The highest one-time prekey id ever stored. Clients number their
+    /// one-time prekeys upwards, so an upload of an id at or below this that
+    /// is not stored any more is a retry of a key already handed out: it is
+    /// skipped, never re-armed (a re-armed key would be handed out twice).
+    pub one_time_id_high: Option<u32>,
 }
 
 /// A bundle handed out by [`KeyDirectory::fetch`].
@@ -301,8 +306,10 @@ impl KeyDirectory {
         if is_low_order(&low_order_probe(), &identity_key) {
             return Err(KeyDirError::LowOrderKey { device: addr.clone(), kind: KeyKind::Identity, key: identity_key });
         }
-        self.devices
-            .insert(addr.clone(), DeviceKeys { identity_key, signed_prekey: None, one_time_prekeys: BTreeMap::new() });
+        self.devices.insert(
+            addr.clone(),
+            DeviceKeys { identity_key, signed_prekey: None, one_time_prekeys: BTreeMap::new(), one_time_id_high: None },
+        );
         self.dirty.insert(addr.clone());
         self.counters.registered += 1;
         Ok(())
@@ -376,6 +383,9 @@ impl KeyDirectory {
         };
         device.signed_prekey = Some(StoredSignedPreKey { suite, prekey: signed.clone() });
         let added = new.len();
+        if let Some(&top) = new.keys().next_back() {
+            device.one_time_id_high = Some(device.one_time_id_high.map_or(top, |h| h.max(top)));
+        }
         device.one_time_prekeys.extend(new);
         let stock = device.one_time_prekeys.len();
         self.dirty.insert(addr.clone());
@@ -406,6 +416,8 @@ impl KeyDirectory {
                 Some(_) => {
                     return Err(KeyDirError::DuplicateOneTimePreKeyId { device: addr.clone(), prekey_id: opk.id })
                 }
+                // Handed out (or otherwise gone) before: never re-armed.
+                None if device.one_time_id_high.is_some_and(|high| opk.id <= high) => {}
                 None => {
                     new.insert(opk.id, opk.key);
                 }
@@ -896,6 +908,29 @@ mod tests {
     }
 
     #[test]
+    fn a_handed_out_prekey_reuploaded_by_a_retry_is_never_rearmed() {
+        let mut dir = KeyDirectory::new();
+        let bob = Owner::new("bob", 41);
+        let alice = Owner::new("alice", 42);
+        let carol = Owner::new("carol", 43);
+        for o in [&bob, &alice, &carol] {
+            dir.register(&o.addr, o.identity.public()).unwrap();
+        }
+        let spk = bob.signed(CipherSuite::BluetickV1, 1);
+        let opks = bob.one_time(1..3);
+        dir.upload(&bob.addr, CipherSuite::BluetickV1, &spk, &opks).unwrap();
+        let first = dir.fetch(&alice.addr, &bob.addr, 0).unwrap();
+        assert_eq!(first.bundle.one_time_prekey.map(|k| k.id), Some(1));
+        // Bob did not hear that the upload landed and sends it again.
+        let up = dir.upload(&bob.addr, CipherSuite::BluetickV1, &spk, &opks).unwrap();
+        assert_eq!(up.added, 0, "key 1 was handed out and key 2 is stored: nothing new");
+        let second = dir.fetch(&carol.addr, &bob.addr, 0).unwrap();
+        assert_eq!(second.bundle.one_time_prekey.map(|k| k.id), Some(2), "key 1 is not handed out again");
+        // Higher ids still go in.
+        assert_eq!(dir.upload(&bob.addr, CipherSuite::BluetickV1, &spk, &bob.one_time(3..5)).unwrap().added, 2);
+    }
+
+    #[test]
     fn the_durable_record_encoding_is_pinned() {
         // The layout the crate README documents: postcard, keys and signatures
         // as lowercase hex strings (the crypto crate's serde form).
@@ -910,6 +945,7 @@ mod tests {
                 },
             }),
             one_time_prekeys: BTreeMap::from([(1, PublicKey([0x44; 32])), (300, PublicKey([0x55; 32]))]),
+            one_time_id_high: Some(300),
         };
         let hex_str = |byte: u8, n: usize| -> Vec<u8> {
             let mut v = vec![(2 * n) as u8];
@@ -925,6 +961,7 @@ mod tests {
         want.extend(hex_str(0x44, 32));
         want.extend([0xac, 0x02]); // id 300 as varint
         want.extend(hex_str(0x55, 32));
+        want.extend([0x01, 0xac, 0x02]); // one_time_id_high: Some(300)
         let bytes = postcard::to_allocvec(&record).unwrap();
         assert_eq!(hex::encode(&bytes), hex::encode(&want));
         assert_eq!(postcard::from_bytes::<DeviceKeys>(&bytes).unwrap(), record);

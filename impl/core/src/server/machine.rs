@@ -58,6 +58,11 @@ pub const FRAMES_BURST_MAX: u32 = 400;
 /// sending what it was told is wrong is broken or hostile.
 pub const CONNECTION_ERRORS_MAX: u32 = 64;
 
+/// How long a connection may stay unauthenticated. A client whose challenge
+/// or answer was lost would otherwise wait forever; closing makes it
+/// reconnect and try again, and it bounds what idle sockets cost.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -226,7 +231,7 @@ struct Blob {
 
 #[derive(Debug, Clone)]
 enum Auth {
-    Pending { nonce: [u8; 32] },
+    Pending { nonce: [u8; 32], since_ms: u64 },
     Device(DeviceAddress),
 }
 
@@ -494,14 +499,25 @@ impl Server {
         let presence = self.presence.next_deadline_ms();
         let accepted = self.accepted_expiry.first().map(|(t, ..)| *t);
         let blobs = self.blobs.values().map(|b| b.expires_at_ms).min();
-        [mailbox, presence, accepted, blobs].into_iter().flatten().min()
+        let auth = self
+            .conns
+            .values()
+            .filter_map(|c| match c.auth {
+                Auth::Pending { since_ms, .. } => Some(since_ms + AUTH_TIMEOUT_MS),
+                Auth::Device(_) => None,
+            })
+            .min();
+        [mailbox, presence, accepted, blobs, auth].into_iter().flatten().min()
     }
 
     /// A connection opened: send it a challenge to sign.
     pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64) {
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
-        self.conns.insert(conn, Conn { auth: Auth::Pending { nonce }, bucket: Bucket::new(now_ms), errors: 0 });
+        self.conns.insert(
+            conn,
+            Conn { auth: Auth::Pending { nonce, since_ms: now_ms }, bucket: Bucket::new(now_ms), errors: 0 },
+        );
         self.send(conn, ServerFrame::Challenge { nonce });
     }
 
@@ -554,17 +570,26 @@ impl Server {
             None => return,
         };
         let result = match (auth, frame) {
-            (Auth::Pending { nonce }, ClientFrame::Register { version, user, device, identity_key, proof }) => {
+            (Auth::Pending { nonce, .. }, ClientFrame::Register { version, user, device, identity_key, proof }) => {
                 self.register(conn, &nonce, version, user, device, identity_key, &proof, now_ms, store)
             }
-            (Auth::Pending { nonce }, ClientFrame::Authenticate { version, user, device, proof }) => {
+            (Auth::Pending { nonce, .. }, ClientFrame::Authenticate { version, user, device, proof }) => {
                 self.authenticate(conn, &nonce, version, user, device, &proof, now_ms, store)
             }
             (Auth::Pending { .. }, other) => {
                 Err(Refusal::new(ErrorCode::NotAuthenticated, format!("{} before authentication", frame_name(&other))))
             }
+            (
+                Auth::Device(addr),
+                ClientFrame::Register { user, device, .. } | ClientFrame::Authenticate { user, device, .. },
+            ) if addr.user == user && addr.device == device => {
+                // The client did not see our Welcome (lost on the way): say it
+                // again rather than leave it waiting.
+                self.send(conn, ServerFrame::Welcome { server_ts_ms: now_ms });
+                Ok(())
+            }
             (Auth::Device(_), ClientFrame::Register { .. } | ClientFrame::Authenticate { .. }) => {
-                Err(Refusal::new(ErrorCode::Malformed, "already authenticated"))
+                Err(Refusal::new(ErrorCode::Malformed, "already authenticated as another device"))
             }
             (Auth::Device(addr), frame) => self.authed(conn, &addr, frame, now_ms, store),
         };
@@ -575,6 +600,16 @@ impl Server {
 
     /// Timers: ack timeouts, TTL expiry, presence pushes, housekeeping.
     pub fn handle_timeout(&mut self, now_ms: u64, store: &mut dyn Store) {
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.auth, Auth::Pending { since_ms, .. } if since_ms + AUTH_TIMEOUT_MS <= now_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stale {
+            self.conns.remove(&conn);
+            self.out.push_back(ServerOutput::Close { conn, reason: "not authenticated in time".into() });
+        }
         let due: Vec<DeviceAddress> =
             self.deadlines.iter().take_while(|(t, _)| *t <= now_ms).map(|(_, a)| a.clone()).collect();
         let mut batch = WriteBatch::default();

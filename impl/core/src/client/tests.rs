@@ -1,0 +1,835 @@
+//! Clients wired through the real [`Server`] on an in-memory network that the
+//! tests can interfere with: drop or duplicate a server frame, crash a client
+//! before it saved. The driver follows the documented call order exactly —
+//! after every call, save when dirty, then drain — and checks on every call
+//! that `is_dirty() == false` really means an unchanged save.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::server::{ConnId, Server, ServerConfig, ServerOutput};
+use crate::store::MemoryStore;
+use crate::wire::Delivery;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn u(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+struct Node {
+    config: ClientConfig,
+    client: Client,
+    saved: SavedClient,
+    /// What the app was shown, in order (the app's own durable store).
+    events: Vec<AppEvent>,
+    conn: Option<ConnId>,
+}
+
+/// What happens to one server frame on its way to a client.
+enum Fate {
+    Deliver,
+    Drop,
+    /// The client handles it and crashes before its state is saved.
+    CrashBeforeSave,
+}
+
+struct Net {
+    server: Server,
+    store: MemoryStore,
+    now: u64,
+    next_conn: u64,
+    nodes: BTreeMap<UserId, Node>,
+    to_server: VecDeque<(ConnId, ClientFrame)>,
+    to_client: VecDeque<(ConnId, ServerFrame)>,
+    /// Every frame any client emitted, for inspection.
+    sent: Vec<(UserId, ClientFrame)>,
+    /// Lose every delivery-ack on its way to the server.
+    lose_acks: bool,
+}
+
+impl Net {
+    fn new() -> Self {
+        Net {
+            server: Server::new(ServerConfig::default(), 7),
+            store: MemoryStore::new(),
+            now: T0,
+            next_conn: 1,
+            nodes: BTreeMap::new(),
+            to_server: VecDeque::new(),
+            to_client: VecDeque::new(),
+            sent: Vec::new(),
+            lose_acks: false,
+        }
+    }
+
+    fn with(names: &[&str], bugs: ClientBugs) -> Self {
+        let mut net = Net::new();
+        for (i, name) in names.iter().enumerate() {
+            net.add(name, 100 + i as u64, bugs.clone());
+            net.connect(name);
+        }
+        net
+    }
+
+    fn add(&mut self, name: &str, seed: u64, bugs: ClientBugs) {
+        let config = ClientConfig { bugs, ..ClientConfig::new(u(name), PRIMARY_DEVICE) };
+        let client = Client::new(config.clone(), seed, self.now);
+        let saved = client.save();
+        self.nodes.insert(u(name), Node { config, client, saved, events: Vec::new(), conn: None });
+    }
+
+    fn node(&mut self, name: &UserId) -> &mut Node {
+        self.nodes.get_mut(name).unwrap()
+    }
+
+    fn client(&self, name: &str) -> &Client {
+        &self.nodes[&u(name)].client
+    }
+
+    /// The driver's step after every call: persist when dirty, then drain.
+    fn settle(&mut self, name: &UserId) {
+        let node = self.nodes.get_mut(name).unwrap();
+        if node.client.is_dirty() {
+            node.saved = node.client.save();
+            if let Err(e) = Client::restore(node.config.clone(), &node.saved) {
+                panic!("{name:?}: the save does not restore: {e}");
+            }
+        } else {
+            assert_eq!(node.client.save(), node.saved, "{name:?}: not dirty, yet the saved state changed");
+        }
+        while let Some(frame) = node.client.poll_transmit() {
+            self.sent.push((name.clone(), frame.clone()));
+            if let Some(conn) = node.conn {
+                self.to_server.push_back((conn, frame));
+            }
+        }
+        while let Some(event) = node.client.poll_event() {
+            node.events.push(event);
+        }
+    }
+
+    fn call<T>(&mut self, name: &str, f: impl FnOnce(&mut Client, u64) -> T) -> T {
+        let now = self.now;
+        let out = f(&mut self.node(&u(name)).client, now);
+        self.settle(&u(name));
+        out
+    }
+
+    fn connect(&mut self, name: &str) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.node(&u(name)).conn = Some(conn);
+        self.call(name, |c, now| c.handle_connected(now));
+        self.server.handle_connect(conn, self.now);
+        self.collect();
+        self.pump();
+        assert!(self.client(name).is_ready(), "{name} did not log in");
+    }
+
+    fn drop_connection(&mut self, name: &UserId) {
+        if let Some(conn) = self.node(name).conn.take() {
+            self.server.handle_disconnect(conn, self.now, &mut self.store);
+            self.to_server.retain(|(c, _)| *c != conn);
+            self.to_client.retain(|(c, _)| *c != conn);
+        }
+    }
+
+    fn disconnect(&mut self, name: &str) {
+        self.drop_connection(&u(name));
+        self.call(name, |c, now| c.handle_disconnected(now));
+    }
+
+    /// The device dies: its memory is gone, the last save is what remains.
+    fn crash(&mut self, name: &UserId) {
+        self.drop_connection(name);
+        let node = self.node(name);
+        node.client = Client::restore(node.config.clone(), &node.saved).unwrap();
+    }
+
+    fn owner_of(&self, conn: ConnId) -> Option<UserId> {
+        self.nodes.iter().find(|(_, n)| n.conn == Some(conn)).map(|(k, _)| k.clone())
+    }
+
+    fn collect(&mut self) {
+        while let Some(out) = self.server.poll_output() {
+            match out {
+                ServerOutput::Frame { conn, frame } => self.to_client.push_back((conn, frame)),
+                ServerOutput::Close { conn, .. } => {
+                    if let Some(name) = self.owner_of(conn) {
+                        self.disconnect(name.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        self.pump_with(|_, _| Fate::Deliver);
+    }
+
+    fn pump_with(&mut self, mut fate: impl FnMut(&UserId, &ServerFrame) -> Fate) {
+        for _ in 0..100_000 {
+            if let Some((conn, frame)) = self.to_server.pop_front() {
+                if self.lose_acks && matches!(frame, ClientFrame::DeliveryAck { .. }) {
+                    continue;
+                }
+                self.server.handle_frame(conn, frame, self.now, &mut self.store);
+                self.collect();
+                continue;
+            }
+            if let Some((conn, frame)) = self.to_client.pop_front() {
+                let Some(name) = self.owner_of(conn) else { continue };
+                let now = self.now;
+                match fate(&name, &frame) {
+                    Fate::Drop => {}
+                    Fate::Deliver => {
+                        self.node(&name).client.handle_frame(frame, now);
+                        self.settle(&name);
+                    }
+                    Fate::CrashBeforeSave => {
+                        self.node(&name).client.handle_frame(frame, now);
+                        self.crash(&name);
+                    }
+                }
+                continue;
+            }
+            return;
+        }
+        panic!("the network did not settle");
+    }
+
+    /// Moves the clock, fires due timers, and runs the network dry.
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        let names: Vec<UserId> = self.nodes.keys().cloned().collect();
+        for name in names {
+            if let Some(at) = self.nodes[&name].client.poll_timeout() {
+                if at <= self.now {
+                    self.call(name.as_str(), |c, now| c.handle_timeout(now));
+                    let next = self.nodes[&name].client.poll_timeout();
+                    assert!(next.is_none_or(|t| t > self.now), "{name:?}: timeout {next:?} not after {}", self.now);
+                }
+            }
+        }
+        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now, &mut self.store);
+            self.collect();
+        }
+        self.pump();
+    }
+
+    /// (sender, group, id, body) of every message `name`'s app was shown.
+    fn messages(&self, name: &str) -> Vec<(UserId, Option<GroupId>, MessageId, Vec<u8>)> {
+        self.nodes[&u(name)]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                AppEvent::Message { from, group, id, body, .. } => Some((from.clone(), *group, *id, body.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn bodies(&self, name: &str) -> Vec<Vec<u8>> {
+        self.messages(name).into_iter().map(|m| m.3).collect()
+    }
+
+    /// How many app events about message `id` (shown or undecryptable) `name` had.
+    fn surfaced(&self, name: &str, id: &MessageId) -> usize {
+        self.nodes[&u(name)]
+            .events
+            .iter()
+            .filter(|e| match e {
+                AppEvent::Message { id: m, .. } | AppEvent::Undecryptable { id: m, .. } => m == id,
+                _ => false,
+            })
+            .count()
+    }
+
+    fn statuses(&self, name: &str, id: &MessageId) -> Vec<(UserId, DeliveryState)> {
+        self.nodes[&u(name)]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                AppEvent::Status { id: m, peer, status } if m == id => Some((peer.clone(), *status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sends_by(&self, name: &str) -> Vec<(MessageId, EnvelopeKind, Vec<u8>)> {
+        self.sent
+            .iter()
+            .filter(|(n, _)| *n == u(name))
+            .filter_map(|(_, f)| match f {
+                ClientFrame::Send { message_id, kind, ciphertext, .. } => {
+                    Some((*message_id, *kind, ciphertext.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn is_envelope_for(frame: &ServerFrame, id: &MessageId) -> bool {
+    matches!(frame, ServerFrame::Deliver { item: Delivery::Envelope(e), .. } if e.message_id == *id)
+}
+
+#[test]
+fn first_message_uses_x3dh_then_reply_and_ticks_reach_read() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let hi = net.call("alice", |c, now| c.send_text(&u("bob"), b"hi bob", now)).unwrap();
+    net.pump();
+    assert_eq!(net.messages("bob"), vec![(u("alice"), None, hi, b"hi bob".to_vec())]);
+    let first = net.sends_by("alice");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, EnvelopeKind::PreKey, "first contact carries the X3DH header");
+    assert_eq!(net.client("alice").status(&hi).unwrap().of(&u("bob")), Some(DeliveryState::Delivered));
+
+    let reply = net.call("bob", |c, now| c.send_text(&u("alice"), b"hi alice", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("alice"), vec![b"hi alice".to_vec()]);
+    assert_eq!(net.sends_by("bob")[0].1, EnvelopeKind::Message, "the responder never sends PreKey");
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"again", now)).unwrap();
+    net.pump();
+    assert_eq!(net.sends_by("alice").last().unwrap().1, EnvelopeKind::Message, "answered: no more X3DH header");
+
+    net.call("bob", |c, now| c.mark_read(&u("alice"), now));
+    net.pump();
+    assert_eq!(
+        net.statuses("alice", &hi),
+        vec![(u("bob"), DeliveryState::Sent), (u("bob"), DeliveryState::Delivered), (u("bob"), DeliveryState::Read)]
+    );
+    assert_eq!(net.client("alice").status(&hi).unwrap().of(&u("bob")), Some(DeliveryState::Read));
+    // Bob's reply is delivered but Alice has not opened the chat.
+    assert_eq!(net.client("bob").status(&reply).unwrap().of(&u("bob")), None);
+    assert_eq!(net.client("bob").status(&reply).unwrap().of(&u("alice")), Some(DeliveryState::Delivered));
+    // Reading twice sends nothing new.
+    let before = net.sent.len();
+    net.call("bob", |c, now| c.mark_read(&u("alice"), now));
+    assert_eq!(net.sent.len(), before);
+}
+
+#[test]
+fn messages_sent_while_offline_go_out_in_order_on_reconnect() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.disconnect("alice");
+    let ids: Vec<MessageId> =
+        (0..5u8).map(|i| net.call("alice", |c, now| c.send_text(&u("bob"), &[i], now)).unwrap()).collect();
+    assert!(net.sends_by("alice").is_empty());
+    for id in &ids {
+        assert_eq!(net.client("alice").status(id).unwrap().of(&u("bob")), Some(DeliveryState::Pending));
+    }
+    net.connect("alice");
+    assert_eq!(net.bodies("bob"), (0..5u8).map(|i| vec![i]).collect::<Vec<_>>());
+    assert_eq!(net.client("alice").outbox_len(), 0);
+}
+
+#[test]
+fn a_redelivered_envelope_is_surfaced_once() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    // Bob's delivery-ack is lost, so the server delivers again after its
+    // timeout; the network also duplicates the first delivery.
+    net.lose_acks = true;
+    let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"once", now)).unwrap();
+    let mut copies = Vec::new();
+    net.pump_with(|_, f| {
+        if is_envelope_for(f, &id) {
+            copies.push(f.clone());
+        }
+        Fate::Deliver
+    });
+    let conn = net.nodes[&u("bob")].conn.unwrap();
+    net.to_client.push_back((conn, copies[0].clone()));
+    net.pump();
+    net.advance(ServerConfig::default().ack_timeout_ms + 1);
+    net.lose_acks = false;
+    net.advance(ServerConfig::default().ack_timeout_ms + 1);
+    assert!(net.server.stats().ack_timeouts >= 1, "the server redelivered after the lost ack");
+    assert_eq!(net.surfaced("bob", &id), 1);
+    assert_eq!(net.bodies("bob"), vec![b"once".to_vec()]);
+    assert_eq!(net.server.mailbox_len(&DeviceAddress::new(u("bob"), PRIMARY_DEVICE)), 0, "acked in the end");
+}
+
+#[test]
+fn with_dedup_off_a_redelivered_envelope_reaches_the_app_twice() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none().with(ClientBug::DedupOff));
+    let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"once", now)).unwrap();
+    let mut copy = None;
+    net.pump_with(|_, f| {
+        if is_envelope_for(f, &id) {
+            copy = Some(f.clone());
+        }
+        Fate::Deliver
+    });
+    let conn = net.nodes[&u("bob")].conn.unwrap();
+    net.to_client.push_back((conn, copy.unwrap()));
+    net.pump();
+    // The ratchet refuses the replayed ciphertext, so the second copy shows up
+    // as an undecryptable message: the app hears of the same id twice.
+    assert_eq!(net.surfaced("bob", &id), 2);
+    assert!(net.nodes[&u("bob")].events.iter().any(|e| matches!(e, AppEvent::Undecryptable { id: m, .. } if *m == id)));
+}
+
+#[test]
+fn a_crash_before_saving_brings_redelivery_and_exactly_once_to_the_app() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let first = net.call("alice", |c, now| c.send_text(&u("bob"), b"one", now)).unwrap();
+    net.pump();
+    let second = net.call("alice", |c, now| c.send_text(&u("bob"), b"two", now)).unwrap();
+    // Bob decrypts "two" (advancing his ratchet) and dies before saving.
+    let mut crashed = false;
+    net.pump_with(|_, f| {
+        if !crashed && is_envelope_for(f, &second) {
+            crashed = true;
+            Fate::CrashBeforeSave
+        } else {
+            Fate::Deliver
+        }
+    });
+    assert!(crashed);
+    assert_eq!(net.surfaced("bob", &second), 0, "the crash took the event with it");
+    net.connect("bob");
+    assert_eq!(net.surfaced("bob", &first), 1);
+    assert_eq!(net.surfaced("bob", &second), 1, "redelivered after the restart and shown once");
+    assert_eq!(net.bodies("bob"), vec![b"one".to_vec(), b"two".to_vec()]);
+    // The restored ratchet still talks to Alice both ways.
+    net.call("bob", |c, now| c.send_text(&u("alice"), b"back", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("alice"), vec![b"back".to_vec()]);
+    assert_eq!(net.client("alice").status(&second).unwrap().of(&u("bob")), Some(DeliveryState::Delivered));
+}
+
+#[test]
+fn a_lost_server_ack_is_resent_with_the_same_id_and_bytes_after_the_timer() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"retry me", now)).unwrap();
+    net.pump_with(|name, f| match f {
+        ServerFrame::ServerAck { message_id, .. } if *name == u("alice") && *message_id == id => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Delivered));
+    assert_eq!(net.client("alice").outbox_len(), 1, "still unacked");
+    let deadline = net.client("alice").poll_timeout().unwrap();
+    assert_eq!(deadline, net.now + DEFAULT_RESEND_AFTER_MS);
+    net.advance(DEFAULT_RESEND_AFTER_MS);
+    let sends = net.sends_by("alice");
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[0], sends[1], "a retry is the same id and the same ciphertext");
+    assert_eq!(net.client("alice").outbox_len(), 0);
+    assert_eq!(net.surfaced("bob", &id), 1, "the server recognised the retry");
+    assert_eq!(net.client("alice").poll_timeout(), None);
+}
+
+#[test]
+fn receipts_out_of_order_or_repeated_keep_ticks_monotone() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    // Bob is offline: the message stays at Sent.
+    net.disconnect("bob");
+    let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"x", now)).unwrap();
+    net.pump();
+    assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Sent));
+    let bob = DeviceAddress::new(u("bob"), PRIMARY_DEVICE);
+    let receipt = |seq, kind| ServerFrame::Deliver {
+        seq,
+        item: Delivery::Receipt { from: bob.clone(), kind, message_ids: vec![id] },
+    };
+    for frame in [
+        receipt(900, ReceiptKind::Read),
+        receipt(901, ReceiptKind::Delivered),
+        receipt(900, ReceiptKind::Read),
+        ServerFrame::Deliver { seq: 902, item: Delivery::Expired { to: bob.clone(), message_id: id } },
+    ] {
+        net.call("alice", |c, now| c.handle_frame(frame, now));
+        assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Read));
+    }
+    assert_eq!(net.statuses("alice", &id), vec![(u("bob"), DeliveryState::Sent), (u("bob"), DeliveryState::Read)]);
+    // Every item was acked by its seq.
+    let acked: Vec<u64> = net
+        .sent
+        .iter()
+        .filter_map(|(n, f)| match f {
+            ClientFrame::DeliveryAck { seqs } if *n == u("alice") => Some(seqs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|s| *s >= 900)
+        .collect();
+    assert_eq!(acked, vec![900, 901, 900, 902]);
+}
+
+#[test]
+fn an_expiry_notice_marks_an_undelivered_message_expired() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.disconnect("bob");
+    let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"late", now)).unwrap();
+    net.pump();
+    net.advance(ServerConfig::default().ttl_text_ms + 1);
+    assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Expired));
+    assert_eq!(net.statuses("alice", &id).last(), Some(&(u("bob"), DeliveryState::Expired)));
+}
+
+#[test]
+fn with_read_on_delivery_ticks_turn_blue_before_the_chat_is_opened() {
+    for (bugs, expect) in [
+        (ClientBugs::none(), DeliveryState::Delivered),
+        (ClientBugs::none().with(ClientBug::ReadOnDelivery), DeliveryState::Read),
+    ] {
+        let mut net = Net::with(&["alice", "bob"], bugs);
+        let id = net.call("alice", |c, now| c.send_text(&u("bob"), b"unread", now)).unwrap();
+        net.pump();
+        assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(expect));
+    }
+}
+
+#[test]
+fn simultaneous_first_messages_converge() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"a1", now)).unwrap();
+    net.call("bob", |c, now| c.send_text(&u("alice"), b"b1", now)).unwrap();
+    net.pump();
+    for round in 0..3u8 {
+        net.call("alice", |c, now| c.send_text(&u("bob"), &[b'a', round], now)).unwrap();
+        net.call("bob", |c, now| c.send_text(&u("alice"), &[b'b', round], now)).unwrap();
+        net.pump();
+    }
+    assert_eq!(net.messages("bob").len(), 4);
+    assert_eq!(net.messages("alice").len(), 4);
+    for name in ["alice", "bob"] {
+        assert!(!net.nodes[&u(name)].events.iter().any(|e| matches!(e, AppEvent::Undecryptable { .. })));
+    }
+}
+
+#[test]
+fn a_restored_copy_behaves_exactly_like_the_original() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"warm up", now)).unwrap();
+    net.pump();
+    let id = net.call("bob", |c, now| c.send_text(&u("alice"), b"to both", now)).unwrap();
+    let mut frame = None;
+    net.pump_with(|name, f| {
+        if *name == u("alice") && is_envelope_for(f, &id) {
+            frame = Some(f.clone());
+            return Fate::Drop;
+        }
+        Fate::Deliver
+    });
+    let frame = frame.unwrap();
+    // Two clients restored from the save before that frame (one through the
+    // stored bytes), fed the same inputs, produce the same outputs and state.
+    let node = &net.nodes[&u("alice")];
+    let bytes = node.saved.as_bytes().to_vec();
+    let mut copy = Client::restore(node.config.clone(), &SavedClient::from_bytes(bytes)).unwrap();
+    let mut original = Client::restore(node.config.clone(), &node.saved).unwrap();
+    for c in [&mut copy, &mut original] {
+        c.handle_connected(net.now);
+        c.handle_frame(frame.clone(), net.now);
+        c.send_text(&u("bob"), b"after", net.now).unwrap();
+    }
+    assert_eq!(copy.save(), original.save());
+    let drain = |c: &mut Client| {
+        let mut out = Vec::new();
+        while let Some(e) = c.poll_event() {
+            out.push(format!("{e:?}"));
+        }
+        out
+    };
+    let (a, b) = (drain(&mut copy), drain(&mut original));
+    assert!(a.iter().any(|e| e.contains("to both")) || a.iter().any(|e| e.contains("Message")), "{a:?}");
+    assert_eq!(a, b);
+    let frames = |c: &mut Client| std::iter::from_fn(|| c.poll_transmit()).collect::<Vec<_>>();
+    assert_eq!(frames(&mut copy), frames(&mut original));
+}
+
+#[test]
+fn restore_refuses_garbage_and_another_account() {
+    let net = Net::with(&["alice"], ClientBugs::none());
+    let node = &net.nodes[&u("alice")];
+    assert!(matches!(
+        Client::restore(node.config.clone(), &SavedClient::from_bytes(vec![1, 2, 3])),
+        Err(RestoreError::Decode { .. })
+    ));
+    let other = ClientConfig::new(u("mallory"), PRIMARY_DEVICE);
+    assert!(matches!(Client::restore(other, &node.saved), Err(RestoreError::WrongAccount { .. })));
+    assert!(format!("{:?}", node.saved).contains("bytes"), "the Debug form shows no key material");
+}
+
+#[test]
+fn commands_refuse_bad_input_and_change_nothing() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let big = vec![0u8; BODY_LEN_MAX + 1];
+    assert!(matches!(
+        net.call("alice", |c, now| c.send_text(&u("bob"), &big, now)),
+        Err(ClientError::BodyTooLarge { .. })
+    ));
+    assert_eq!(net.call("alice", |c, now| c.send_text(&u("alice"), b"me", now)), Err(ClientError::SelfRecipient));
+    let nowhere = GroupId([9; 16]);
+    assert_eq!(
+        net.call("alice", |c, now| c.send_group(nowhere, b"x", now)),
+        Err(ClientError::UnknownGroup { group: nowhere })
+    );
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    assert_eq!(
+        net.call("bob", |c, now| c.change_group(g, vec![u("carol")], vec![], now)),
+        Err(ClientError::NotAdmin { group: g, admin: u("alice") })
+    );
+    assert_eq!(
+        net.call("alice", |c, now| c.change_group(g, vec![u("bob")], vec![], now)),
+        Err(ClientError::EmptyChange { group: g })
+    );
+    assert_eq!(
+        net.call("alice", |c, now| c.change_group(g, vec![], vec![u("alice")], now)),
+        Err(ClientError::AdminCannotLeave { group: g })
+    );
+    assert_eq!(net.client("alice").outbox_len(), 0);
+}
+
+/// Alice creates {alice, bob, carol}; everyone sends; Alice removes Carol
+/// and sends again. Returns the network, the group, Carol's state from just
+/// before her removal, and Alice's message after the removal.
+fn group_scenario(bugs: ClientBugs) -> (Net, GroupId, SavedClient, Vec<u8>, MessageId) {
+    let mut net = Net::with(&["alice", "bob", "carol"], bugs);
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob"), u("carol")], now)).unwrap();
+    net.pump();
+    for name in ["bob", "carol"] {
+        assert_eq!(net.client(name).group(&g).unwrap(), (1, vec![u("alice"), u("bob"), u("carol")]), "{name}");
+    }
+    let m1 = net.call("alice", |c, now| c.send_group(g, b"hello all", now)).unwrap();
+    net.pump();
+    net.call("bob", |c, now| c.send_group(g, b"bob here", now)).unwrap();
+    net.pump();
+    for name in ["bob", "carol"] {
+        assert!(net.messages(name).contains(&(u("alice"), Some(g), m1, b"hello all".to_vec())), "{name}");
+    }
+    assert_eq!(net.bodies("carol"), vec![b"hello all".to_vec(), b"bob here".to_vec()]);
+    assert_eq!(net.bodies("alice"), vec![b"bob here".to_vec()]);
+    // Ticks per member.
+    let status = net.client("alice").status(&m1).unwrap().clone();
+    assert_eq!(status.of(&u("bob")), Some(DeliveryState::Delivered));
+    assert_eq!(status.of(&u("carol")), Some(DeliveryState::Delivered));
+    net.call("carol", |c, now| c.mark_group_read(g, now));
+    net.pump();
+    assert_eq!(net.client("alice").status(&m1).unwrap().of(&u("carol")), Some(DeliveryState::Read));
+    assert_eq!(net.client("alice").status(&m1).unwrap().of(&u("bob")), Some(DeliveryState::Delivered));
+
+    let carol_before = net.nodes[&u("carol")].saved.clone();
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("carol")], now)).unwrap();
+    net.pump();
+    assert_eq!(net.client("bob").group(&g).unwrap(), (2, vec![u("alice"), u("bob")]));
+    assert_eq!(net.client("carol").group(&g).unwrap(), (2, vec![u("alice"), u("bob")]), "carol hears she was removed");
+    let m2 = net.call("alice", |c, now| c.send_group(g, b"after carol left", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob").last().unwrap(), b"after carol left");
+    let ciphertext = net
+        .sent
+        .iter()
+        .find_map(|(n, f)| match f {
+            ClientFrame::GroupSend { message_id, ciphertext, .. } if *n == u("alice") && *message_id == m2 => {
+                Some(ciphertext.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    (net, g, carol_before, ciphertext, m2)
+}
+
+/// A rogue Carol who ignored her removal and kept every key she had gets
+/// the group ciphertext the server no longer sends her (a leaky or
+/// compromised server). Returns the bodies she could read.
+fn leak_to_rogue_carol(net: &Net, g: GroupId, kept: &SavedClient, ciphertext: Vec<u8>, id: MessageId) -> Vec<Vec<u8>> {
+    let mut rogue = Client::restore(net.nodes[&u("carol")].config.clone(), kept).unwrap();
+    let envelope = Envelope {
+        from: DeviceAddress::new(u("alice"), PRIMARY_DEVICE),
+        to: DeviceAddress::new(u("carol"), PRIMARY_DEVICE),
+        message_id: id,
+        server_ts_ms: net.now,
+        group: Some(g),
+        kind: EnvelopeKind::Group,
+        ciphertext,
+    };
+    rogue.handle_frame(ServerFrame::Deliver { seq: 10_000, item: Delivery::Envelope(envelope) }, net.now);
+    std::iter::from_fn(|| rogue.poll_event())
+        .filter_map(|e| match e {
+            AppEvent::Message { body, .. } => Some(body),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn group_remove_rotates_so_the_removed_member_cannot_read_later_messages() {
+    let (net, g, kept, ciphertext, m2) = group_scenario(ClientBugs::none());
+    assert!(leak_to_rogue_carol(&net, g, &kept, ciphertext, m2).is_empty());
+    assert!(!net.bodies("carol").contains(&b"after carol left".to_vec()));
+}
+
+#[test]
+fn without_rotation_on_remove_the_removed_member_reads_later_messages() {
+    let (net, g, kept, ciphertext, m2) = group_scenario(ClientBugs::none().with(ClientBug::NoRotationOnRemove));
+    assert_eq!(leak_to_rogue_carol(&net, g, &kept, ciphertext, m2), vec![b"after carol left".to_vec()]);
+}
+
+#[test]
+fn a_group_message_before_its_sender_key_is_held_then_shown() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    let id = net.call("alice", |c, now| c.send_group(g, b"early", now)).unwrap();
+    // Hold back the pairwise distribution until the group message went through.
+    let mut held_back = Vec::new();
+    net.pump_with(|name, f| match f {
+        ServerFrame::Deliver { item: Delivery::Envelope(e), .. }
+            if *name == u("bob") && e.kind != EnvelopeKind::Group && held_back.is_empty() =>
+        {
+            held_back.push(f.clone());
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    assert_eq!(net.client("bob").held_group_messages(), 1);
+    assert!(net.messages("bob").is_empty());
+    for frame in held_back {
+        net.call("bob", |c, now| c.handle_frame(frame, now));
+    }
+    net.pump();
+    assert_eq!(net.messages("bob"), vec![(u("alice"), Some(g), id, b"early".to_vec())]);
+    assert_eq!(net.client("bob").held_group_messages(), 0);
+}
+
+#[test]
+fn a_group_change_the_server_altered_is_rejected() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    let admin_change = net
+        .sent
+        .iter()
+        .find_map(|(_, f)| match f {
+            ClientFrame::GroupChange { change } => Some(change.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut forged = admin_change.clone();
+    forged.version = 2;
+    forged.add = vec![u("mallory")];
+    net.call("bob", |c, now| {
+        c.handle_frame(ServerFrame::Deliver { seq: 5_000, item: Delivery::GroupChange(forged) }, now)
+    });
+    assert!(net.nodes[&u("bob")].events.iter().any(|e| matches!(
+        e,
+        AppEvent::GroupChangeRejected { group, reason: GroupChangeRejection::BadSignature, .. } if *group == g
+    )));
+    assert_eq!(net.client("bob").group(&g).unwrap().0, 1);
+    // A redelivered genuine change is ignored quietly.
+    let events = net.nodes[&u("bob")].events.len();
+    net.call("bob", |c, now| {
+        c.handle_frame(ServerFrame::Deliver { seq: 5_001, item: Delivery::GroupChange(admin_change) }, now)
+    });
+    assert_eq!(net.nodes[&u("bob")].events.len(), events);
+}
+
+#[test]
+fn a_member_added_later_learns_everyone_and_can_send() {
+    let mut net = Net::with(&["alice", "bob", "carol"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    net.call("alice", |c, now| c.send_group(g, b"before carol", now)).unwrap();
+    net.pump();
+    net.call("alice", |c, now| c.change_group(g, vec![u("carol")], vec![], now)).unwrap();
+    net.pump();
+    assert_eq!(net.client("carol").group(&g).unwrap(), (2, vec![u("alice"), u("bob"), u("carol")]));
+    net.call("carol", |c, now| c.send_group(g, b"carol joins", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![b"before carol".to_vec(), b"carol joins".to_vec()]);
+    assert_eq!(net.bodies("alice"), vec![b"carol joins".to_vec()]);
+    assert!(net.bodies("carol").is_empty(), "nothing from before she joined");
+}
+
+#[test]
+fn prekeys_are_uploaded_once_confirmed_and_refilled_when_low() {
+    let mut net = Net::with(&["alice"], ClientBugs::none());
+    let uploads = |net: &Net| net.sent.iter().filter(|(_, f)| matches!(f, ClientFrame::UploadPreKeys { .. })).count();
+    assert_eq!(uploads(&net), 1);
+    assert!(net.client("alice").state.prekeys_owed.one_time.is_empty());
+    assert!(!net.client("alice").state.prekeys_owed.signed);
+    // Reconnecting does not upload again.
+    net.disconnect("alice");
+    net.connect("alice");
+    assert_eq!(uploads(&net), 1);
+    net.call("alice", |c, now| c.handle_frame(ServerFrame::PreKeysLow { remaining: 3 }, now));
+    net.pump();
+    assert_eq!(uploads(&net), 2, "a refill is uploaded");
+}
+
+#[test]
+fn a_lost_prekey_upload_is_repeated_until_the_own_bundle_shows_it() {
+    let mut net = Net::new();
+    net.add("alice", 1, ClientBugs::none());
+    let conn = ConnId(99);
+    net.node(&u("alice")).conn = Some(conn);
+    net.call("alice", |c, now| c.handle_connected(now));
+    net.server.handle_connect(conn, net.now);
+    net.collect();
+    // Drop the first upload on its way to the server.
+    let mut dropped = false;
+    for _ in 0..100 {
+        if let Some((c, frame)) = net.to_server.pop_front() {
+            if !dropped && matches!(frame, ClientFrame::UploadPreKeys { .. }) {
+                dropped = true;
+                continue;
+            }
+            net.server.handle_frame(c, frame, net.now, &mut net.store);
+            net.collect();
+        } else if let Some((_, frame)) = net.to_client.pop_front() {
+            net.call("alice", |cl, now| cl.handle_frame(frame, now));
+        } else {
+            break;
+        }
+    }
+    assert!(dropped);
+    assert!(net.client("alice").state.prekeys_owed.signed, "the own bundle showed no signed prekey");
+    net.advance(DEFAULT_RESEND_AFTER_MS);
+    assert!(!net.client("alice").state.prekeys_owed.signed);
+    net.add("bob", 2, ClientBugs::none());
+    net.connect("bob");
+    net.call("bob", |c, now| c.send_text(&u("alice"), b"reachable", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("alice"), vec![b"reachable".to_vec()]);
+}
+
+#[test]
+fn an_out_of_order_delivery_is_read_and_its_skipped_key_survives_a_restart() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"zero", now)).unwrap();
+    net.pump();
+    let one = net.call("alice", |c, now| c.send_text(&u("bob"), b"one", now)).unwrap();
+    // "one" is lost on its way to Bob; "two" overtakes it.
+    net.pump_with(|_, f| if is_envelope_for(f, &one) { Fate::Drop } else { Fate::Deliver });
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"two", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![b"zero".to_vec(), b"two".to_vec()]);
+    // Bob's saved state now holds the skipped key for "one"; he restarts from it.
+    net.crash(&u("bob"));
+    net.connect("bob");
+    assert_eq!(net.bodies("bob"), vec![b"zero".to_vec(), b"two".to_vec(), b"one".to_vec()]);
+    assert_eq!(net.surfaced("bob", &one), 1);
+}
+
+#[test]
+fn a_lost_welcome_is_recovered_by_logging_in_again() {
+    let mut net = Net::with(&["alice"], ClientBugs::none());
+    net.disconnect("alice");
+    let conn = ConnId(net.next_conn);
+    net.next_conn += 1;
+    net.node(&u("alice")).conn = Some(conn);
+    net.call("alice", |c, now| c.handle_connected(now));
+    net.server.handle_connect(conn, net.now);
+    net.collect();
+    net.pump_with(|_, f| if matches!(f, ServerFrame::Welcome { .. }) { Fate::Drop } else { Fate::Deliver });
+    assert!(!net.client("alice").is_ready());
+    assert_eq!(net.client("alice").poll_timeout(), Some(net.now + DEFAULT_RESEND_AFTER_MS));
+    net.advance(DEFAULT_RESEND_AFTER_MS);
+    assert!(net.client("alice").is_ready(), "the repeated login was answered with a Welcome");
+}
