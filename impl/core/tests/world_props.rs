@@ -22,6 +22,7 @@ enum Op {
     CrashServer,
     Flap(usize),
     Wait(u64),
+    GroupSend(usize),
 }
 
 fn op(users: usize) -> impl Strategy<Value = Op> {
@@ -32,6 +33,7 @@ fn op(users: usize) -> impl Strategy<Value = Op> {
         1 => Just(Op::CrashServer),
         1 => (0..users).prop_map(Op::Flap),
         3 => (1u64..3_000).prop_map(Op::Wait),
+        2 => (0..users).prop_map(Op::GroupSend),
     ]
 }
 
@@ -55,6 +57,7 @@ fn run(seed: u64, faults: Faults, ops: &[Op], tweak: impl Fn(&mut WorldConfig)) 
     let users: Vec<UserId> = config.users.clone();
     let mut w = World::new(config);
     w.run_for(1_000);
+    let group = w.create_group(&users[0], &users[1..]);
     let mut n = 0;
     for op in ops {
         match op {
@@ -73,6 +76,14 @@ fn run(seed: u64, faults: Faults, ops: &[Op], tweak: impl Fn(&mut WorldConfig)) 
                 w.connect(&users[*u]);
             }
             Op::Wait(ms) => w.run_for(*ms),
+            Op::GroupSend(from) => {
+                n += 1;
+                if let Some(g) = group {
+                    // Refused (and not recorded) while the sender has not yet
+                    // learnt it is a member.
+                    w.send_group(&users[*from], g, &users, &plaintext(seed, n));
+                }
+            }
         }
         w.run_for(50);
     }
@@ -116,6 +127,47 @@ fn a_fault_free_conversation_reaches_blue_ticks() {
     assert_eq!(w.history().status.get(&(id, users[1].clone())), Some(&bluetick_core::client::DeliveryState::Read));
     w.quiesce(60_000);
     assert!(w.finish().is_empty(), "{:#?}", w.violations());
+}
+
+#[test]
+fn a_message_for_a_device_offline_past_its_ttl_is_reported_expired_to_the_sender() {
+    let mut config = WorldConfig::new(3, &USERS).unwrap();
+    config.server.ttl_text_ms = 60_000;
+    let users = config.users.clone();
+    let mut w = World::new(config);
+    w.run_for(1_000);
+    // Bob goes away before alice even has his bundle.
+    w.send_text(&users[0], &users[1], &plaintext(3, 1)).unwrap();
+    w.run_for(1_000);
+    w.disconnect(&users[1]);
+    let id = w.send_text(&users[0], &users[1], &plaintext(3, 2)).unwrap();
+    w.run_for(120_000);
+    assert_eq!(
+        w.history().status.get(&(id, users[1].clone())),
+        Some(&bluetick_core::client::DeliveryState::Expired),
+        "{}",
+        w.describe()
+    );
+    assert_eq!(w.server().mailbox_total(), 0, "nothing kept past the TTL");
+    w.quiesce(60_000);
+    assert!(w.finish().is_empty(), "{:#?}", w.violations());
+}
+
+#[test]
+fn a_group_message_reaches_every_member_once() {
+    let mut config = WorldConfig::new(4, &USERS).unwrap();
+    config.faults = Faults { drop_per_mille: 50, duplicate_per_mille: 50, latency_min_ms: 2, latency_max_ms: 30 };
+    let users = config.users.clone();
+    let mut w = World::new(config);
+    w.run_for(1_000);
+    let g = w.create_group(&users[0], &users[1..]).unwrap();
+    w.run_for(5_000);
+    let id = w.send_group(&users[0], g, &users, &plaintext(4, 1)).unwrap();
+    w.quiesce(120_000);
+    assert!(w.finish().is_empty(), "{:#?}", w.violations());
+    for u in &users[1..] {
+        assert_eq!(w.history().received.get(&(u.clone(), id)), Some(&1), "{u:?}");
+    }
 }
 
 #[test]
