@@ -12,13 +12,13 @@
 //! # Layout
 //! - [`ids`]: user, device, message, group and blob identifiers.
 //! - [`wire`]: the client↔server frames and their size-checked codec.
-//! - [`server`]: the chat server's parts so far: [`server::mailbox`] (per-device
-//!   offline queue) and [`server::bodies`] (group bodies stored once).
+//! - [`server`]: the sans-IO [`server::Server`] state machine and its parts:
+//!   key distribution, per-device mailboxes, shared group bodies, presence.
 //! - [`client`]: the sans-IO [`client::Client`] state machine of one device:
 //!   sessions, outbox, dedup, receipts and ticks, groups with sender keys.
 //! - [`store`]: durable key-value storage with atomic batches (in memory, redb).
-//!
-//! The server and client state machines are not built yet (issue 3).
+//! - [`world`]: one server and N clients on a simulated clock and a faulty
+//!   in-memory network, with the invariant oracle checked after every step.
 
 pub mod client;
 pub mod ids;

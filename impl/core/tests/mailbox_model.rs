@@ -153,7 +153,7 @@ proptest! {
 
 #[test]
 fn each_injected_mailbox_bug_is_caught_by_the_model_comparison() {
-    for bug in [MailboxBug::DeleteOnSend, MailboxBug::EnqueueNotIdempotent] {
+    for bug in [MailboxBug::DeleteOnSend, MailboxBug::EnqueueNotIdempotent, MailboxBug::IgnoreAck] {
         let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
         let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| run(&ops, Some(bug)));
         assert!(result.is_err(), "the model comparison missed {bug:?}");

@@ -211,3 +211,18 @@ fn read_receipt_on_delivery_is_caught_as_an_untruthful_status() {
 fn a_prekey_handed_out_twice_is_caught() {
     expect_caught(names::PREKEY_ONCE, |c| c.server.bugs.keys = Some(bluetick_core::server::keys::KeyBug::HandOutTwice));
 }
+
+#[test]
+fn ignored_delivery_acks_are_caught_as_mailboxes_that_never_empty() {
+    // Deterministic rather than searched: with acks ignored every run that
+    // sends anything shows it, and each redelivery round is costly to simulate.
+    let mut config = WorldConfig::new(5, &USERS).unwrap();
+    config.server.bugs.mailbox = Some(MailboxBug::IgnoreAck);
+    let users = config.users.clone();
+    let mut w = World::new(config);
+    w.run_for(1_000);
+    w.send_text(&users[0], &users[1], &plaintext(5, 1)).unwrap();
+    w.quiesce(30_000);
+    let v = w.finish();
+    assert!(v.iter().any(|v| v.invariant == names::MAILBOXES_EMPTY), "{v:#?}");
+}

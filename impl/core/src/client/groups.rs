@@ -74,8 +74,10 @@ pub enum GroupChangeRejection {
     /// The admin's identity key stayed unknown and the change was dropped
     /// from the hold to make room.
     AdminKeyUnknown,
-    /// Our own change (as admin) was refused by the server, which then does
-    /// not forward it; members keep the previous version.
+    /// Our own change (as admin) was sent `GROUP_CHANGE_SENDS_MAX` times
+    /// without a `GroupChangeAccepted`: the server refused it (members then
+    /// keep the previous version) or every acceptance was lost. Our local
+    /// state keeps the change either way.
     RefusedByServer,
 }
 

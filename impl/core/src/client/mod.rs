@@ -12,10 +12,10 @@
 //! - [`inbox`]: deduplication, unread lists, group messages awaiting a sender key.
 //! - [`status`]: ticks per sent message and recipient, monotone.
 //! - [`groups`]: signed membership, sender keys and their rotation.
-//! - `control`: receipts and group changes owed to the server until it confirms them.
+//! - [`control`]: receipts and group changes owed to the server until it confirms them.
 
 pub mod content;
-mod control;
+pub mod control;
 pub mod groups;
 pub mod inbox;
 pub mod outbox;

@@ -165,11 +165,8 @@ pub struct ServerStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Queued {
     /// An envelope; its body is inline or shared with other group members.
+    /// Its sender and id are the mailbox entry's key, not repeated here.
     Envelope {
-        /// Sender, stamped from the authenticated connection.
-        from: DeviceAddress,
-        /// The sender's id.
-        message_id: MessageId,
         /// When the server first accepted it.
         server_ts_ms: u64,
         /// The group of a group message.
@@ -203,7 +200,7 @@ pub enum Queued {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// Stored in the entry (1:1 messages).
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "crate::wire::serde_bytes_vec")] Vec<u8>),
     /// Stored once in the [`BodyStore`] (group messages).
     Shared(BodyId),
 }
@@ -620,13 +617,14 @@ impl Server {
             for e in m.expire(now_ms) {
                 self.stats.expired += 1;
                 batch.delete(Table::Mailbox, mailbox_key(addr, e.seq));
-                if let Queued::Envelope { from, message_id, body, .. } = &e.payload {
+                if let Queued::Envelope { body, .. } = &e.payload {
                     if let Body::Shared(id) = body {
                         if self.bodies.release(*id) {
                             batch.delete(Table::Bodies, id.0.to_be_bytes().to_vec());
                         }
                     }
-                    notices.push((from.clone(), addr.clone(), *message_id));
+                    let (from, message_id) = e.key.clone();
+                    notices.push((from, addr.clone(), message_id));
                 }
             }
         }
@@ -858,14 +856,7 @@ impl Server {
             return Err(Refusal::new(ErrorCode::UnknownRecipient, format!("no device {to:?}")));
         }
         let ttl = self.ttl(kind);
-        let payload = Queued::Envelope {
-            from: me.clone(),
-            message_id,
-            server_ts_ms: now_ms,
-            group: None,
-            kind,
-            body: Body::Inline(ciphertext),
-        };
+        let payload = Queued::Envelope { server_ts_ms: now_ms, group: None, kind, body: Body::Inline(ciphertext) };
         let mut batch = WriteBatch::default();
         let seq = self.enqueue(&to, (me.clone(), message_id), payload, now_ms + ttl, &mut batch)?;
         self.remember_accepted(me, message_id, now_ms, ttl, &mut batch);
@@ -919,8 +910,6 @@ impl Server {
         for to in &recipients {
             let Some(id) = body_id else { break };
             let payload = Queued::Envelope {
-                from: me.clone(),
-                message_id,
                 server_ts_ms: now_ms,
                 group: Some(group_id),
                 kind: EnvelopeKind::Group,
@@ -1321,8 +1310,9 @@ impl Server {
             return;
         }
         for e in entries {
+            let (from, message_id) = e.key;
             let item = match e.payload {
-                Queued::Envelope { from, message_id, server_ts_ms, group, kind, body } => {
+                Queued::Envelope { server_ts_ms, group, kind, body } => {
                     let ciphertext = match body {
                         Body::Inline(b) => b,
                         Body::Shared(id) => self.bodies.get(id).map(<[u8]>::to_vec).unwrap_or_default(),

@@ -68,6 +68,9 @@ pub enum MailboxBug {
     DeleteOnSend,
     /// Enqueue a retry as a second copy instead of recognising it.
     EnqueueNotIdempotent,
+    /// Ignore delivery-acks: nothing is ever deleted, everything is
+    /// redelivered after each ack timeout.
+    IgnoreAck,
 }
 
 /// One device's queue of undelivered or unacknowledged items.
@@ -184,6 +187,9 @@ impl<P: Clone> Mailbox<P> {
     /// The device stored the item: delete it. Returns the removed entry, or
     /// `None` for an unknown key (a duplicate ack is harmless).
     pub fn ack(&mut self, key: &EntryKey) -> Option<Entry<P>> {
+        if self.bug == Some(MailboxBug::IgnoreAck) {
+            return None;
+        }
         let seq = *self.by_key.get(key)?;
         self.remove_seq(seq)
     }
@@ -191,6 +197,9 @@ impl<P: Clone> Mailbox<P> {
     /// The device stored the delivery with this `seq`: delete it. `None` for
     /// an unknown seq (a duplicate or late ack is harmless).
     pub fn ack_seq(&mut self, seq: u64) -> Option<Entry<P>> {
+        if self.bug == Some(MailboxBug::IgnoreAck) {
+            return None;
+        }
         self.remove_seq(seq)
     }
 
