@@ -1,5 +1,5 @@
-//! The client↔server wire protocol, version 1. This module is its reference
-//! until `docs/protocol.md` is written with the server (issue 3).
+//! The client↔server wire protocol, version 1, specified for implementers in
+//! `docs/protocol.md` (which this module and the server must match).
 //!
 //! Frames are serde types encoded with postcard (a compact, documented,
 //! varint-based format). The frame length is checked against

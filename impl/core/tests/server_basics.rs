@@ -271,3 +271,61 @@ fn the_store_never_holds_plaintext_only_what_clients_sent() {
         .any(|(_, v)| v.windows(17).any(|w| w == b"MARKER-0123456789"));
     assert!(found, "the scan can find bytes in the store");
 }
+
+#[test]
+fn a_seq_is_never_reused_after_a_restart() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    for i in 0..3 {
+        r.send(alice.conn, &text(&bob, i, b"x"));
+    }
+    let seqs: Vec<u64> = r
+        .frames_for(bob.conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Deliver { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: seqs.clone() });
+    assert_eq!(r.server.mailbox_len(&bob.addr), 0);
+    r.server = Server::recover(ServerConfig::default(), 3, &mut r.store).unwrap();
+    let (alice2, _) = r.connect("alice", alice.id.clone(), false);
+    let (bob2, _) = r.connect("bob", bob.id.clone(), false);
+    r.send(alice2.conn, &text(&bob, 9, b"y"));
+    let new_seq = match r.frames_for(bob2.conn).as_slice() {
+        [ServerFrame::Deliver { seq, .. }] => *seq,
+        other => panic!("{other:?}"),
+    };
+    assert!(new_seq > *seqs.iter().max().unwrap(), "seq {new_seq} reused after restart (old {seqs:?})");
+    // A late duplicate of the old ack must not delete the new entry.
+    r.send(bob2.conn, &ClientFrame::DeliveryAck { seqs });
+    assert_eq!(r.server.mailbox_len(&bob.addr), 1);
+}
+
+#[test]
+fn a_stranger_cannot_join_an_account_as_another_device() {
+    let mut r = Rig::new();
+    let _alice = r.register("alice");
+    let stranger = IdentityKeyPair::generate(&mut r.rng);
+    let conn = ConnId(500);
+    r.server.handle_connect(conn, r.now);
+    let nonce = match r.frames_for(conn).as_slice() {
+        [ServerFrame::Challenge { nonce }] => *nonce,
+        other => panic!("{other:?}"),
+    };
+    let user = UserId::new("alice").unwrap();
+    let proof = stranger.sign(&wire::auth_message(&nonce, &user, DeviceId(2)), &mut r.rng);
+    let got = r.send(
+        conn,
+        &ClientFrame::Register {
+            version: wire::PROTOCOL_VERSION,
+            user,
+            device: DeviceId(2),
+            identity_key: stranger.public(),
+            proof,
+        },
+    );
+    assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::UserExists, .. }]), "{got:?}");
+}

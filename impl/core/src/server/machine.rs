@@ -310,6 +310,7 @@ pub struct Server {
 /// Keys under [`Table::Meta`].
 const META_BODY_NEXT: &[u8] = b"body-next-id";
 const META_ACCEPTED_PREFIX: u8 = b'a';
+const META_NEXT_SEQ_PREFIX: u8 = b's';
 
 fn enc<T: Serialize>(value: &T) -> Vec<u8> {
     wire::encode(value)
@@ -326,6 +327,12 @@ fn mailbox_key(addr: &DeviceAddress, seq: u64) -> Vec<u8> {
 fn accepted_key(from: &DeviceAddress, id: &MessageId) -> Vec<u8> {
     let mut k = vec![META_ACCEPTED_PREFIX];
     k.extend(enc(&(from, id)));
+    k
+}
+
+fn next_seq_key(addr: &DeviceAddress) -> Vec<u8> {
+    let mut k = vec![META_NEXT_SEQ_PREFIX];
+    k.extend(enc(addr));
     k
 }
 
@@ -414,6 +421,10 @@ impl Server {
         for (k, v) in store.scan(Table::Meta)? {
             if k.as_slice() == META_BODY_NEXT {
                 s.bodies.reserve_ids_below(dec(Table::Meta, &v)?);
+            } else if k.first() == Some(&META_NEXT_SEQ_PREFIX) {
+                let addr: DeviceAddress = dec(Table::Meta, &k[1..])?;
+                let next: u64 = dec(Table::Meta, &v)?;
+                s.mailbox(&addr).raise_next_seq(next);
             } else if k.first() == Some(&META_ACCEPTED_PREFIX) {
                 let (from, id): (DeviceAddress, MessageId) = dec(Table::Meta, &k[1..])?;
                 let (ts, forget): (u64, u64) = dec(Table::Meta, &v)?;
@@ -692,6 +703,16 @@ impl Server {
                 return Err(Refusal::new(ErrorCode::UserExists, format!("{addr:?} is bound to another identity key")))
             }
             _ => {}
+        }
+        // One identity key per account: another device id does not let a
+        // stranger join someone else's account (multi-device would need the
+        // primary device to vouch for new ones, which is not built).
+        let others = self.keys.devices_of(&addr.user);
+        if others.iter().any(|d| self.keys.identity(d).is_some_and(|k| k != identity_key)) {
+            return Err(Refusal::new(
+                ErrorCode::UserExists,
+                format!("{:?} is bound to another identity key", addr.user),
+            ));
         }
         self.keys.register(&addr, identity_key).map_err(key_refusal)?;
         let batch = self.keys_batch();
@@ -1042,8 +1063,14 @@ impl Server {
         now_ms: u64,
         store: &mut dyn Store,
     ) -> Result<(), Refusal> {
-        check_batch("add", change.add.len())?;
-        check_batch("remove", change.remove.len())?;
+        for (field, len) in [("add", change.add.len()), ("remove", change.remove.len())] {
+            if len > GROUP_MEMBERS_MAX {
+                return Err(Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!("{field} lists {len} users, a group has at most {GROUP_MEMBERS_MAX}"),
+                ));
+            }
+        }
         if change.admin != me.user {
             return Err(Refusal::new(ErrorCode::BadSignature, "a group change must be sent by the admin who signs it"));
         }
@@ -1052,6 +1079,14 @@ impl Server {
             None => (Group { admins: BTreeSet::from([me.user.clone()]), members: BTreeSet::new(), version: 0 }, 1),
             Some(g) => (g.clone(), g.version + 1),
         };
+        if let Some(g) = &current {
+            if change.version == g.version && g.admins.contains(&change.admin) {
+                // A resend of the change already applied (our answer was
+                // lost): answer again instead of refusing.
+                self.send(conn, ServerFrame::GroupChangeAccepted { group: change.group, version: change.version });
+                return Ok(());
+            }
+        }
         if change.version != expected {
             return Err(Refusal::new(
                 ErrorCode::Malformed,
@@ -1251,6 +1286,7 @@ impl Server {
                 if let Some(e) = m.get(seq) {
                     batch.put(Table::Mailbox, mailbox_key(to, seq), enc(e));
                 }
+                batch.put(Table::Meta, next_seq_key(to), enc(&m.next_seq()));
                 Ok(seq)
             }
             Ok(Enqueued::Duplicate(seq)) => Ok(seq),

@@ -228,6 +228,13 @@ impl<P: Clone> Mailbox<P> {
         self.next_seq
     }
 
+    /// Raises the next sequence number to at least `next` (read back from
+    /// storage after a restart), so a `seq` is never reused: a late ack for an
+    /// old `seq` must not delete a new entry.
+    pub fn raise_next_seq(&mut self, next: u64) {
+        self.next_seq = self.next_seq.max(next);
+    }
+
     fn remove_seq(&mut self, seq: u64) -> Option<Entry<P>> {
         let entry = self.entries.remove(&seq)?;
         if self.by_key.get(&entry.key) == Some(&seq) {
