@@ -226,3 +226,22 @@ fn ignored_delivery_acks_are_caught_as_mailboxes_that_never_empty() {
     let v = w.finish();
     assert!(v.iter().any(|v| v.invariant == names::MAILBOXES_EMPTY), "{v:#?}");
 }
+
+#[test]
+fn a_client_leaking_plaintext_is_caught_on_the_server() {
+    let mut config = WorldConfig::new(6, &USERS).unwrap();
+    config.client_bugs = ClientBugs::none().with(ClientBug::LeakPlaintext);
+    let users = config.users.clone();
+    let mut w = World::new(config);
+    w.run_for(1_000);
+    // Bob is away, so the message waits in the server's store.
+    w.disconnect(&users[1]);
+    w.send_text(&users[0], &users[1], &plaintext(6, 1)).unwrap();
+    w.run_for(5_000);
+    assert!(w.violations().iter().any(|v| v.invariant == names::NO_PLAINTEXT), "{:#?}", w.violations());
+}
+
+#[test]
+fn non_monotone_ticks_are_caught() {
+    expect_caught(names::STATUS_MONOTONE, |c| c.client_bugs = ClientBugs::none().with(ClientBug::LatestReceiptWins));
+}

@@ -105,6 +105,12 @@ pub enum ClientBug {
     /// Keep our sender key when a member is removed, so the removed member
     /// can still read later group messages.
     NoRotationOnRemove,
+    /// Append the plaintext to every ciphertext, as a client that leaked
+    /// content to the server would.
+    LeakPlaintext,
+    /// Show the latest receipt's state even when it is behind the current
+    /// one (a late Delivered after Read turns blue ticks grey again).
+    LatestReceiptWins,
 }
 
 /// The set of [`ClientBug`]s switched on; empty by default.
@@ -995,6 +1001,13 @@ impl Client {
     }
 
     fn update_status(&mut self, id: MessageId, peer: &UserId, next: DeliveryState) {
+        if self.config.bugs.has(ClientBug::LatestReceiptWins) {
+            if let Some(status) = self.state.statuses.overwrite(&id, peer, next) {
+                self.touch();
+                self.vol.events.push_back(AppEvent::Status { id, peer: peer.clone(), status });
+            }
+            return;
+        }
         if let Some(status) = self.state.statuses.update(&id, peer, next) {
             self.touch();
             self.vol.events.push_back(AppEvent::Status { id, peer: peer.clone(), status });
@@ -1137,8 +1150,12 @@ impl Client {
             }
             Target::Group(group) => self.seal_group(id, *group, &plaintext),
         };
+        let leak = self.config.bugs.has(ClientBug::LeakPlaintext).then(|| plaintext.clone());
         wipe(&mut plaintext);
-        let (kind, ciphertext) = sealed?;
+        let (kind, mut ciphertext) = sealed?;
+        if let Some(leaked) = leak {
+            ciphertext.extend_from_slice(&leaked);
+        }
         if let Some(entry) = self.state.outbox.get_mut(&id) {
             entry.body = Body::Sealed { kind, ciphertext: ciphertext.clone() };
         }

@@ -102,6 +102,17 @@ impl StatusBook {
         Some(new)
     }
 
+    /// Sets `next` for one recipient even if it goes back (only for the
+    /// `LatestReceiptWins` bug switch); returns it if it changed.
+    pub fn overwrite(&mut self, id: &MessageId, peer: &UserId, next: DeliveryState) -> Option<DeliveryState> {
+        let state = self.by_id.get_mut(id)?.recipients.get_mut(peer)?;
+        if *state == next {
+            return None;
+        }
+        *state = next;
+        Some(next)
+    }
+
     /// Applies `next` for every recipient; returns those that changed.
     pub fn update_all(&mut self, id: &MessageId, next: DeliveryState) -> Vec<(UserId, DeliveryState)> {
         let Some(status) = self.by_id.get_mut(id) else {
