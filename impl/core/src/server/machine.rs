@@ -1375,10 +1375,17 @@ impl Server {
 
     /// Re-indexes a mailbox's next deadline.
     fn touch(&mut self, addr: &DeviceAddress) {
-        if let Some(old) = self.deadline_of.remove(addr) {
+        let next = self.mailboxes.get(addr).and_then(|m| m.next_deadline_ms(self.config.ack_timeout_ms));
+        let old = self.deadline_of.get(addr).copied();
+        // Most enqueues do not move a mailbox's earliest deadline; skipping
+        // the re-index then saves two ordered-set updates per recipient.
+        if old == next {
+            return;
+        }
+        if let Some(old) = old {
+            self.deadline_of.remove(addr);
             self.deadlines.remove(&(old, addr.clone()));
         }
-        let next = self.mailboxes.get(addr).and_then(|m| m.next_deadline_ms(self.config.ack_timeout_ms));
         if let Some(t) = next {
             self.deadline_of.insert(addr.clone(), t);
             self.deadlines.insert((t, addr.clone()));

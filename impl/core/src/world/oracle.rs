@@ -66,6 +66,8 @@ pub struct History {
     pub server_acked: BTreeSet<MessageId>,
     /// (receiving user, message) → times the app was shown it.
     pub received: BTreeMap<(UserId, MessageId), u32>,
+    /// Every message shown to an app, in the order apps were shown them.
+    pub received_order: Vec<(UserId, MessageId)>,
     /// (reader, message) pairs the reader's app has read.
     pub read: BTreeSet<(UserId, MessageId)>,
     /// (sender, message, recipient) → last status the sender's app was shown.
@@ -105,6 +107,9 @@ impl History {
         let mut out = Vec::new();
         let n = self.received.entry((user.clone(), id)).or_default();
         *n += 1;
+        if body.is_some() {
+            self.received_order.push((user.clone(), id));
+        }
         self.counts.app_deliveries += 1;
         if *n > 1 {
             out.push(Violation {
