@@ -25,6 +25,10 @@ weak:
 bench:
     cargo bench -p bluetick-crypto --bench crypto
 
+# Benchmarks of the sans-IO server (sends/s, group fan-out bytes, recovery).
+bench-core:
+    cargo bench -p bluetick-core --bench server
+
 # Regenerate the known-answer vectors in tests/vectors/.
 vectors:
     cargo run --release -- vectors --out tests/vectors
