@@ -582,7 +582,7 @@ impl Server {
                 self.register(conn, &nonce, version, user, device, identity_key, &proof, now_ms, store)
             }
             (Auth::Pending { nonce, .. }, ClientFrame::Authenticate { version, user, device, proof }) => {
-                self.authenticate(conn, &nonce, version, user, device, &proof, now_ms, store)
+                self.authenticate(conn, &nonce, version, user, device, &proof, now_ms)
             }
             (Auth::Pending { .. }, other) => {
                 Err(Refusal::new(ErrorCode::NotAuthenticated, format!("{} before authentication", frame_name(&other))))
@@ -698,15 +698,10 @@ impl Server {
         let addr = DeviceAddress::new(user, device);
         xeddsa::verify(&identity_key, &auth_message(nonce, &addr.user, addr.device), proof)
             .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("registration proof: {e}")))?;
-        match self.keys.identity(&addr) {
-            Some(existing) if existing != identity_key => {
-                return Err(Refusal::new(ErrorCode::UserExists, format!("{addr:?} is bound to another identity key")))
-            }
-            _ => {}
-        }
-        // One identity key per account: another device id does not let a
-        // stranger join someone else's account (multi-device would need the
-        // primary device to vouch for new ones, which is not built).
+        // One identity key per account (this device id or any other): another
+        // device id does not let a stranger join someone else's account
+        // (multi-device would need the primary device to vouch for new ones,
+        // which is not built).
         let others = self.keys.devices_of(&addr.user);
         if others.iter().any(|d| self.keys.identity(d).is_some_and(|k| k != identity_key)) {
             return Err(Refusal::new(
@@ -718,8 +713,8 @@ impl Server {
         let batch = self.keys_batch();
         if let Err(e) = store.apply(batch) {
             self.stats.store_failures += 1;
-            // Recovering from the store would forget the binding; keep memory
-            // and store in step by refusing the login.
+            // The binding stays in memory but not in the store; the client
+            // retries with the same key, which is accepted and written then.
             return Err(e.into());
         }
         self.login(conn, addr, now_ms);
@@ -736,7 +731,6 @@ impl Server {
         device: DeviceId,
         proof: &xeddsa::Signature,
         now_ms: u64,
-        store: &mut dyn Store,
     ) -> Result<(), Refusal> {
         check_version(version)?;
         let addr = DeviceAddress::new(user, device);
@@ -746,7 +740,6 @@ impl Server {
             .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, format!("unknown device {addr:?}")))?;
         xeddsa::verify(&identity, &auth_message(nonce, &addr.user, addr.device), proof)
             .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("login proof: {e}")))?;
-        let _ = store;
         self.login(conn, addr, now_ms);
         Ok(())
     }
