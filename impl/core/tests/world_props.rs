@@ -101,8 +101,14 @@ fn check(violations: &[Violation]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// 24 whole-protocol runs by default (each simulates minutes of traffic);
+/// `PROPTEST_CASES` raises it for deeper runs (`just props`).
+fn world_cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map_or(24, |n: u32| n.max(1))
+}
+
 proptest! {
-    #![proptest_config(Config { cases: 24, ..Config::default() })]
+    #![proptest_config(Config { cases: world_cases(), ..Config::default() })]
     #[test]
     fn every_invariant_holds_under_random_faults(
         seed in any::<u64>(),
