@@ -242,8 +242,6 @@ fn hostile_frames_get_clear_errors_and_touch_nothing() {
     // Garbage and oversize.
     r.server.handle_bytes(alice.conn, &[0xff, 0xfe, 0x00], r.now, &mut r.store);
     assert!(matches!(r.frames_for(alice.conn).as_slice(), [ServerFrame::Error { code: ErrorCode::Malformed, .. }]));
-    r.server.handle_bytes(alice.conn, &vec![0u8; wire::FRAME_LEN_MAX + 1], r.now, &mut r.store);
-    assert!(matches!(r.frames_for(alice.conn).first(), Some(ServerFrame::Error { code: ErrorCode::TooLarge, .. })));
     // Unknown recipient.
     let ghost =
         Device { addr: DeviceAddress::new(UserId::new("ghost").unwrap(), DeviceId(1)), id: bob.id.clone(), conn };
@@ -253,6 +251,12 @@ fn hostile_frames_get_clear_errors_and_touch_nothing() {
     let (_, got) = r.connect("bob", alice.id.clone(), false);
     assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::AuthFailed, .. }]), "{got:?}");
     assert_eq!(r.server.mailbox_total(), 0);
+    // An oversize frame: refused before decoding, and the connection is
+    // closed and forgotten by the server itself.
+    r.server.handle_bytes(alice.conn, &vec![0u8; wire::FRAME_LEN_MAX + 1], r.now, &mut r.store);
+    assert!(matches!(r.frames_for(alice.conn).first(), Some(ServerFrame::Error { code: ErrorCode::TooLarge, .. })));
+    assert!(!r.server.is_online(&alice.addr));
+    assert!(r.server.is_online(&bob.addr), "other users are unaffected");
 }
 
 #[test]

@@ -130,6 +130,8 @@ pub enum ServerOutput {
         frame: ServerFrame,
     },
     /// Close the connection (after sending what was queued before this).
+    /// The server has already forgotten it; reporting the close back with
+    /// [`Server::handle_disconnect`] is harmless but not needed.
     Close {
         /// Which.
         conn: ConnId,
@@ -304,6 +306,10 @@ pub struct Server {
     conns: BTreeMap<ConnId, Conn>,
     online: BTreeMap<DeviceAddress, ConnId>,
     out: VecDeque<ServerOutput>,
+    /// Connections told to close during the current call; they are
+    /// disconnected (in-flight deliveries requeued) before the call returns,
+    /// so a driver need not report the close back.
+    closing: Vec<ConnId>,
     stats: ServerStats,
 }
 
@@ -370,6 +376,7 @@ impl Server {
             conns: BTreeMap::new(),
             online: BTreeMap::new(),
             out: VecDeque::new(),
+            closing: Vec::new(),
             stats: ServerStats::default(),
         }
     }
@@ -564,11 +571,24 @@ impl Server {
             Err(e @ DecodeError::TooLarge { .. }) => {
                 self.refuse(conn, Refusal::new(ErrorCode::TooLarge, e.to_string()));
                 self.out.push_back(ServerOutput::Close { conn, reason: e.to_string() });
+                self.closing.push(conn);
+                self.finish_closes(now_ms, store);
                 return;
             }
-            Err(e) => return self.refuse(conn, Refusal::new(ErrorCode::Malformed, e.to_string())),
+            Err(e) => {
+                self.refuse(conn, Refusal::new(ErrorCode::Malformed, e.to_string()));
+                self.finish_closes(now_ms, store);
+                return;
+            }
         };
         self.handle_frame(conn, frame, now_ms, store);
+    }
+
+    /// Disconnects what this call told the driver to close.
+    fn finish_closes(&mut self, now_ms: u64, store: &mut dyn Store) {
+        for conn in std::mem::take(&mut self.closing) {
+            self.handle_disconnect(conn, now_ms, store);
+        }
     }
 
     /// One decoded frame arrived on `conn` (drivers that decode themselves).
@@ -604,6 +624,7 @@ impl Server {
         if let Err(r) = result {
             self.refuse(conn, r);
         }
+        self.finish_closes(now_ms, store);
     }
 
     /// Timers: ack timeouts, TTL expiry, presence pushes, housekeeping.
@@ -1438,6 +1459,7 @@ impl Server {
             if c.errors >= CONNECTION_ERRORS_MAX {
                 self.out
                     .push_back(ServerOutput::Close { conn, reason: format!("{CONNECTION_ERRORS_MAX} refused frames") });
+                self.closing.push(conn);
             }
         }
     }

@@ -1,0 +1,32 @@
+//! The tokio runtime of bluetick: the real-network drivers of the sans-IO
+//! [`bluetick_core`] state machines.
+//!
+//! - [`server`]: `bluetick serve` — accepts WebSocket connections and feeds
+//!   their frames to one [`bluetick_core::server::Server`].
+//! - [`client`]: drives one [`bluetick_core::client::Client`] over a
+//!   reconnecting WebSocket, persisting its state before anything leaves it.
+//! - [`clock`]: the wall clock, behind a trait so tests and the simulator can
+//!   inject their own.
+//! - [`entropy`]: the OS random number generator, for seeds only.
+//!
+//! One frame is one WebSocket binary message, encoded with
+//! [`bluetick_core::wire::encode`]. Only this crate reads the OS clock and
+//! RNG; each such spot carries a local `#[allow]` saying why.
+
+pub mod client;
+pub mod clock;
+pub mod entropy;
+pub mod server;
+
+/// Largest WebSocket message either side accepts, in bytes. Twice
+/// [`bluetick_core::wire::FRAME_LEN_MAX`] so a slightly oversize frame still
+/// reaches the core, which answers it with a `TooLarge` error the peer can
+/// read; anything beyond is cut off by the WebSocket layer without buffering it.
+pub const WS_MESSAGE_LEN_MAX: usize = 2 * bluetick_core::wire::FRAME_LEN_MAX;
+
+/// The WebSocket limits both sides run with.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(WS_MESSAGE_LEN_MAX))
+        .max_frame_size(Some(WS_MESSAGE_LEN_MAX))
+}

@@ -1,0 +1,316 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The real server and real clients over loopback WebSockets.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bluetick_core::client::{AppEvent, Client, ClientConfig, DeliveryState, PRIMARY_DEVICE};
+use bluetick_core::ids::{MessageId, UserId};
+use bluetick_core::server::ServerConfig;
+use bluetick_core::store::MemoryStore;
+use bluetick_core::wire::{self, ErrorCode, ServerFrame, FRAME_LEN_MAX};
+use bluetick_net::client::{open_client, run_client, ClientEvent, ClientHandle, ClientOptions};
+use bluetick_net::clock::{Clock, SystemClock};
+use bluetick_net::server::{run_server, ServerOptions};
+use futures_util::{SinkExt, StreamExt};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every test is bounded: a hang fails instead of blocking CI.
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct TestServer {
+    url: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<MemoryStore>,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        Self::start_with(ServerOptions::new(ServerConfig::default(), 1)).await
+    }
+
+    async fn start_with(options: ServerOptions) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            run_server(listener, MemoryStore::new(), options, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+        });
+        TestServer { url, stop, task }
+    }
+
+    async fn stop(self) -> MemoryStore {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
+}
+
+/// Starts `name`'s client saving under `dir`: restored if a save exists, new
+/// (seeded by `seed`) otherwise.
+fn start_client(server: &TestServer, dir: &Path, name: &str, seed: u64) -> ClientHandle {
+    let path = dir.join(format!("{name}.state"));
+    let config = ClientConfig { resend_after_ms: 1_000, ..ClientConfig::new(user(name), PRIMARY_DEVICE) };
+    let client = if path.exists() {
+        open_client(config, &path, &SystemClock).unwrap()
+    } else {
+        Client::new(config, seed, SystemClock.now_ms())
+    };
+    let options = ClientOptions {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..ClientOptions::new(server.url.clone(), path)
+    };
+    run_client(client, options, ChaCha20Rng::seed_from_u64(seed))
+}
+
+/// Waits for the first event `pick` accepts, returning what it made of it;
+/// every event seen on the way is appended to `seen`.
+async fn wait_for<T>(
+    handle: &mut ClientHandle,
+    seen: &mut Vec<ClientEvent>,
+    mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+) -> T {
+    loop {
+        let event = handle.next_event().await.expect("client task stopped");
+        seen.push(event.clone());
+        if let Some(t) = pick(&event) {
+            return t;
+        }
+    }
+}
+
+fn is_online(e: &ClientEvent) -> Option<()> {
+    matches!(e, ClientEvent::Online).then_some(())
+}
+
+fn message_body(e: &ClientEvent, from: &UserId, id: MessageId) -> Option<Vec<u8>> {
+    match e {
+        ClientEvent::App(AppEvent::Message { from: f, id: i, body, .. }) if f == from && *i == id => Some(body.clone()),
+        _ => None,
+    }
+}
+
+fn status(e: &ClientEvent, id: MessageId, want: DeliveryState) -> Option<()> {
+    match e {
+        ClientEvent::App(AppEvent::Status { id: i, status, .. }) if *i == id && *status == want => Some(()),
+        _ => None,
+    }
+}
+
+fn messages_with(seen: &[ClientEvent], id: MessageId) -> usize {
+    seen.iter().filter(|e| matches!(e, ClientEvent::App(AppEvent::Message { id: i, .. }) if *i == id)).count()
+}
+
+/// Collects events for `period`.
+async fn drain_for(handle: &mut ClientHandle, seen: &mut Vec<ClientEvent>, period: Duration) {
+    let _ = tokio::time::timeout(period, async {
+        while let Some(e) = handle.next_event().await {
+            seen.push(e);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_reaches_the_online_recipient_once_and_ticks_go_delivered_then_read() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let mut bob_seen = Vec::new();
+        wait_for(&mut bob, &mut bob_seen, is_online).await;
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+
+        let id = alice.send_text(bob_id.clone(), b"hello bob".to_vec()).await.unwrap().unwrap();
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        assert_eq!(body, b"hello bob");
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Delivered)).await;
+        let read_seen_before_opening = alice_seen.iter().any(|e| status(e, id, DeliveryState::Read).is_some());
+        assert!(!read_seen_before_opening, "Read before bob opened the conversation: {alice_seen:?}");
+
+        bob.mark_read(alice_id.clone()).await.unwrap();
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Read)).await;
+
+        // Give a duplicate time to show up before counting.
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(500)).await;
+        assert_eq!(messages_with(&bob_seen, id), 1, "bob's events: {bob_seen:?}");
+
+        let alice_client = alice.shutdown().await.unwrap();
+        assert_eq!(alice_client.outbox_len(), 0);
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_sent_while_the_recipient_is_offline_arrives_when_it_reconnects() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        // Bob registers, then goes away (his state stays on disk).
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        wait_for(&mut bob, &mut Vec::new(), is_online).await;
+        bob.shutdown().await.unwrap();
+
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let id = alice.send_text(bob_id.clone(), b"while you were out".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Sent)).await;
+
+        // Bob comes back from his save file.
+        let mut bob = start_client(&server, dir.path(), "bob", 99);
+        let mut bob_seen = Vec::new();
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        assert_eq!(body, b"while you were out");
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Delivered)).await;
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(300)).await;
+        assert_eq!(messages_with(&bob_seen, id), 1, "bob's events: {bob_seen:?}");
+
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Reads binary frames from a raw WebSocket until one decodes to a server
+/// `Error`; returns its code.
+async fn next_error<S>(ws: &mut S) -> ErrorCode
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await.expect("closed before an error frame").expect("read failed") {
+            Message::Binary(b) => {
+                if let ServerFrame::Error { code, .. } = wire::decode::<ServerFrame>(&b).unwrap() {
+                    return code;
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_frames_get_an_error_frame_and_other_users_are_unaffected() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let mut bob_seen = Vec::new();
+        wait_for(&mut bob, &mut bob_seen, is_online).await;
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+
+        let (mut raw, _) = tokio_tungstenite::connect_async(server.url.as_str()).await.unwrap();
+        raw.send(Message::Binary(vec![0xff; 16].into())).await.unwrap();
+        assert_eq!(next_error(&mut raw).await, ErrorCode::Malformed);
+        raw.send(Message::Binary(vec![0u8; FRAME_LEN_MAX + 1].into())).await.unwrap();
+        assert_eq!(next_error(&mut raw).await, ErrorCode::TooLarge);
+        // Refused as too large, the connection is then closed by the server.
+        let rest = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(m)) = raw.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(rest.is_ok(), "the server did not close the offending connection");
+
+        let id = alice.send_text(bob_id.clone(), b"still here".to_vec()).await.unwrap().unwrap();
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        assert_eq!(body, b"still here");
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Delivered)).await;
+        let dropped = bob_seen.iter().chain(&alice_seen).any(|e| matches!(e, ClientEvent::Offline { .. }));
+        assert!(!dropped, "a well-behaved client lost its connection: {bob_seen:?} {alice_seen:?}");
+
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_quiet_client_online_and_a_silent_peer_is_closed() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ServerOptions {
+            heartbeat_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(400),
+            ..ServerOptions::new(ServerConfig::default(), 1)
+        };
+        let server = TestServer::start_with(options).await;
+
+        // A raw WebSocket that never reads never answers pings.
+        let (silent, _) = tokio_tungstenite::connect_async(server.url.as_str()).await.unwrap();
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut seen = Vec::new();
+        wait_for(&mut alice, &mut seen, is_online).await;
+        drain_for(&mut alice, &mut seen, Duration::from_millis(1_500)).await;
+        assert!(!seen.iter().any(|e| matches!(e, ClientEvent::Offline { .. })), "events: {seen:?}");
+
+        // By now the silent one was closed: reading shows a close or EOF.
+        let mut silent = silent;
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match silent.next().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server kept a peer that answered no pings");
+
+        alice.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_live_connections_promptly_and_clients_notice() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut seen = Vec::new();
+        wait_for(&mut alice, &mut seen, is_online).await;
+
+        let started = tokio::time::Instant::now();
+        server.stop().await;
+        // Well inside the grace period: connections closed, not waited out.
+        assert!(started.elapsed() < bluetick_net::server::SHUTDOWN_GRACE, "took {:?}", started.elapsed());
+        wait_for(&mut alice, &mut seen, |e| matches!(e, ClientEvent::Offline { .. }).then_some(())).await;
+        alice.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
