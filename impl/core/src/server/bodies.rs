@@ -95,6 +95,18 @@ impl BodyStore {
         self.next_id = self.next_id.max(next);
     }
 
+    /// Drops a body whatever its references (undoing an insert whose
+    /// enqueues or write did not commit). Returns whether it was held.
+    pub fn remove(&mut self, id: BodyId) -> bool {
+        match self.bodies.remove(&id) {
+            Some(gone) => {
+                self.bytes_held = self.bytes_held.saturating_sub(gone.bytes.len() as u64);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Bodies held.
     pub fn len(&self) -> usize {
         self.bodies.len()

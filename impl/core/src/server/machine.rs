@@ -941,38 +941,32 @@ impl Server {
             batch.put(Table::Bodies, id.0.to_be_bytes().to_vec(), ciphertext);
             batch.put(Table::Meta, META_BODY_NEXT.to_vec(), enc(&self.bodies.next_id()));
         }
-        let mut done: Vec<(DeviceAddress, u64)> = Vec::new();
-        for to in &recipients {
-            let Some(id) = body_id else { break };
-            let payload = Queued::Envelope {
-                server_ts_ms: now_ms,
-                group: Some(group_id),
-                kind: EnvelopeKind::Group,
-                body: Body::Shared(id),
-            };
-            match self.enqueue(to, (me.clone(), message_id), payload, now_ms + ttl, &mut batch) {
-                Ok(seq) => done.push((to.clone(), seq)),
-                Err(r) => {
-                    // All or nothing: a group message either reaches every
-                    // member's mailbox or none.
-                    for (addr, seq) in done {
-                        self.unenqueue(&addr, seq);
+        // All or nothing: a group message reaches every member's mailbox or none.
+        let key = (me.clone(), message_id);
+        let done = match body_id {
+            None => Vec::new(),
+            Some(id) => {
+                let payload = || Queued::Envelope {
+                    server_ts_ms: now_ms,
+                    group: Some(group_id),
+                    kind: EnvelopeKind::Group,
+                    body: Body::Shared(id),
+                };
+                match self.enqueue_all(&recipients, &key, payload, now_ms + ttl, &mut batch) {
+                    Ok(done) => done,
+                    Err(r) => {
+                        self.bodies.remove(id);
+                        return Err(r);
                     }
-                    if let Some(id) = body_id {
-                        while !self.bodies.release(id) {}
-                    }
-                    return Err(r);
                 }
             }
-        }
+        };
         self.remember_accepted(me, message_id, now_ms, ttl, &mut batch);
         if let Err(e) = store.apply(batch) {
             self.stats.store_failures += 1;
-            for (addr, seq) in done {
-                self.unenqueue(&addr, seq);
-            }
+            self.unenqueue_all(done);
             if let Some(id) = body_id {
-                while !self.bodies.release(id) {}
+                self.bodies.remove(id);
             }
             self.forget_accepted(me, message_id);
             return Err(e.into());
@@ -1039,25 +1033,12 @@ impl Server {
         }
         let ttl = self.config.ttl_text_ms;
         let mut batch = WriteBatch::default();
-        let mut done = Vec::new();
-        for d in &devices {
-            let payload = Queued::Receipt { from: me.clone(), kind, message_ids: message_ids.clone() };
-            match self.enqueue(d, (me.clone(), id), payload, now_ms + ttl, &mut batch) {
-                Ok(seq) => done.push((d.clone(), seq)),
-                Err(r) => {
-                    for (a, s) in done {
-                        self.unenqueue(&a, s);
-                    }
-                    return Err(r);
-                }
-            }
-        }
+        let payload = || Queued::Receipt { from: me.clone(), kind, message_ids: message_ids.clone() };
+        let done = self.enqueue_all(&devices, &(me.clone(), id), payload, now_ms + ttl, &mut batch)?;
         self.remember_accepted(me, id, now_ms, ttl, &mut batch);
         if let Err(e) = store.apply(batch) {
             self.stats.store_failures += 1;
-            for (a, s) in done {
-                self.unenqueue(&a, s);
-            }
+            self.unenqueue_all(done);
             self.forget_accepted(me, id);
             return Err(e.into());
         }
@@ -1143,26 +1124,14 @@ impl Server {
         let mut batch = WriteBatch::default();
         batch.put(Table::Groups, enc(&change.group), enc(&group));
         let notice_id = MessageId::random(&mut self.rng);
-        let mut done = Vec::new();
         let devices: Vec<DeviceAddress> =
             audience.iter().flat_map(|u| self.keys.devices_of(u)).filter(|d| d != me).collect();
-        for d in devices {
-            let payload = Queued::GroupChange(change.clone());
-            match self.enqueue(&d, (me.clone(), notice_id), payload, now_ms + self.config.ttl_text_ms, &mut batch) {
-                Ok(seq) => done.push((d, seq)),
-                Err(r) => {
-                    for (a, s) in done {
-                        self.unenqueue(&a, s);
-                    }
-                    return Err(r);
-                }
-            }
-        }
+        let payload = || Queued::GroupChange(change.clone());
+        let expires = now_ms + self.config.ttl_text_ms;
+        let done = self.enqueue_all(&devices, &(me.clone(), notice_id), payload, expires, &mut batch)?;
         if let Err(e) = store.apply(batch) {
             self.stats.store_failures += 1;
-            for (a, s) in done {
-                self.unenqueue(&a, s);
-            }
+            self.unenqueue_all(done);
             return Err(e.into());
         }
         self.groups.insert(change.group, group);
@@ -1305,6 +1274,36 @@ impl Server {
             }
             Ok(Enqueued::Duplicate(seq)) => Ok(seq),
             Err(full) => Err(Refusal::new(ErrorCode::LimitExceeded, format!("mailbox of {to:?} is full: {full}"))),
+        }
+    }
+
+    /// Enqueues `payload()` under `key` for every device in `targets`, all or
+    /// nothing: on a refusal (a full mailbox) what was queued is undone.
+    fn enqueue_all(
+        &mut self,
+        targets: &[DeviceAddress],
+        key: &(DeviceAddress, MessageId),
+        payload: impl Fn() -> Queued,
+        expires_at_ms: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<(DeviceAddress, u64)>, Refusal> {
+        let mut done = Vec::with_capacity(targets.len());
+        for to in targets {
+            match self.enqueue(to, key.clone(), payload(), expires_at_ms, batch) {
+                Ok(seq) => done.push((to.clone(), seq)),
+                Err(r) => {
+                    self.unenqueue_all(done);
+                    return Err(r);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Undoes an [`Server::enqueue_all`] whose batch did not commit.
+    fn unenqueue_all(&mut self, done: Vec<(DeviceAddress, u64)>) {
+        for (to, seq) in done {
+            self.unenqueue(&to, seq);
         }
     }
 
