@@ -178,24 +178,10 @@ pub enum Queued {
         /// The ciphertext.
         body: Body,
     },
-    /// Receipts for the device's messages.
-    Receipt {
-        /// The recipient who sent them.
-        from: DeviceAddress,
-        /// Delivered or read.
-        kind: wire::ReceiptKind,
-        /// Messages covered.
-        message_ids: Vec<MessageId>,
-    },
-    /// One of the device's messages expired undelivered.
-    Expired {
-        /// The recipient that never got it.
-        to: DeviceAddress,
-        /// The message.
-        message_id: MessageId,
-    },
-    /// A signed membership change.
-    GroupChange(SignedGroupChange),
+    /// A receipt batch, expiry notice or group change, stored exactly as it
+    /// will be delivered (never [`Delivery::Envelope`]: envelopes are stored
+    /// above so group bodies can be shared).
+    Notice(Delivery),
 }
 
 /// Where an envelope's ciphertext is.
@@ -664,7 +650,10 @@ impl Server {
         // notice itself is delivered at least once.
         let mut notified = Vec::new();
         for (sender, to, message_id) in notices {
-            if self.enqueue_notice(&sender, Queued::Expired { to, message_id }, now_ms, &mut batch).is_ok() {
+            if self
+                .enqueue_notice(&sender, Queued::Notice(Delivery::Expired { to, message_id }), now_ms, &mut batch)
+                .is_ok()
+            {
                 notified.push(sender);
             }
         }
@@ -804,14 +793,14 @@ impl Server {
                 check_batch("one_time", one_time.len())?;
                 self.keys.upload(me, self.config.suite, &signed_prekey, &one_time).map_err(key_refusal)?;
                 let batch = self.keys_batch();
-                self.commit_or_rollback(store, batch)
+                self.commit(store, batch)
             }
             ClientFrame::FetchBundle { request, owner } => {
                 let fetched = self.keys.fetch(me, &owner, now_ms).map_err(key_refusal)?;
                 let batch = self.keys_batch();
                 // The one-time prekey is deleted durably before it is handed out,
                 // so a crash cannot hand it out a second time.
-                self.commit_or_rollback(store, batch)?;
+                self.commit(store, batch)?;
                 self.send(conn, ServerFrame::Bundle { request, bundle: fetched.bundle });
                 if fetched.low {
                     let owner_conns: Vec<ConnId> = self.online.get(&owner).copied().into_iter().collect();
@@ -853,7 +842,7 @@ impl Server {
                     .set_privacy(&me.user, visibility, contacts, now_ms)
                     .map_err(|e| Refusal::new(ErrorCode::LimitExceeded, format!("privacy settings refused: {e}")))?;
                 let batch = self.presence_batch();
-                self.commit_or_rollback(store, batch)
+                self.commit(store, batch)
             }
             ClientFrame::MediaUpload { blob, offset, chunk, last } => {
                 self.media_upload(conn, me, blob, offset, chunk, last, now_ms, store)
@@ -1033,7 +1022,7 @@ impl Server {
         }
         let ttl = self.config.ttl_text_ms;
         let mut batch = WriteBatch::default();
-        let payload = || Queued::Receipt { from: me.clone(), kind, message_ids: message_ids.clone() };
+        let payload = || Queued::Notice(Delivery::Receipt { from: me.clone(), kind, message_ids: message_ids.clone() });
         let done = self.enqueue_all(&devices, &(me.clone(), id), payload, now_ms + ttl, &mut batch)?;
         self.remember_accepted(me, id, now_ms, ttl, &mut batch);
         if let Err(e) = store.apply(batch) {
@@ -1126,7 +1115,7 @@ impl Server {
         let notice_id = MessageId::random(&mut self.rng);
         let devices: Vec<DeviceAddress> =
             audience.iter().flat_map(|u| self.keys.devices_of(u)).filter(|d| d != me).collect();
-        let payload = || Queued::GroupChange(change.clone());
+        let payload = || Queued::Notice(Delivery::GroupChange(change.clone()));
         let expires = now_ms + self.config.ttl_text_ms;
         let done = self.enqueue_all(&devices, &(me.clone(), notice_id), payload, expires, &mut batch)?;
         if let Err(e) = store.apply(batch) {
@@ -1376,9 +1365,7 @@ impl Server {
                         ciphertext,
                     })
                 }
-                Queued::Receipt { from, kind, message_ids } => Delivery::Receipt { from, kind, message_ids },
-                Queued::Expired { to, message_id } => Delivery::Expired { to, message_id },
-                Queued::GroupChange(c) => Delivery::GroupChange(c),
+                Queued::Notice(item) => item,
             };
             self.stats.deliveries += 1;
             self.send(conn, ServerFrame::Deliver { seq: e.seq, item });
@@ -1418,28 +1405,16 @@ impl Server {
     }
 
     fn keys_batch(&mut self) -> WriteBatch {
-        let mut batch = WriteBatch::default();
-        for addr in self.keys.take_dirty() {
-            match self.keys.record(&addr) {
-                Some(r) => batch.put(Table::Keys, enc(&addr), enc(&r)),
-                None => batch.delete(Table::Keys, enc(&addr)),
-            };
-        }
-        batch
+        let dirty = self.keys.take_dirty();
+        records_batch(Table::Keys, dirty, |a| self.keys.record(a))
     }
 
     fn presence_batch(&mut self) -> WriteBatch {
-        let mut batch = WriteBatch::default();
-        for user in self.presence.take_dirty() {
-            match self.presence.record(&user) {
-                Some(r) => batch.put(Table::Presence, enc(&user), enc(&r)),
-                None => batch.delete(Table::Presence, enc(&user)),
-            };
-        }
-        batch
+        let dirty = self.presence.take_dirty();
+        records_batch(Table::Presence, dirty, |u| self.presence.record(u))
     }
 
-    fn commit_or_rollback(&mut self, store: &mut dyn Store, batch: WriteBatch) -> Result<(), Refusal> {
+    fn commit(&mut self, store: &mut dyn Store, batch: WriteBatch) -> Result<(), Refusal> {
         store.apply(batch).map_err(|e| {
             self.stats.store_failures += 1;
             Refusal::from(e)
@@ -1462,6 +1437,23 @@ impl Server {
             }
         }
     }
+}
+
+/// The store writes for changed records of a component: the current record,
+/// or a delete when the record is gone.
+fn records_batch<K: Serialize, R: Serialize>(
+    table: Table,
+    dirty: Vec<K>,
+    record: impl Fn(&K) -> Option<R>,
+) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    for key in dirty {
+        match record(&key) {
+            Some(r) => batch.put(table, enc(&key), enc(&r)),
+            None => batch.delete(table, enc(&key)),
+        };
+    }
+    batch
 }
 
 fn check_version(version: u16) -> Result<(), Refusal> {
