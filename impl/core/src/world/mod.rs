@@ -16,6 +16,7 @@
 //! nothing is left to do, after which [`World::finish`] runs the liveness
 //! checks.
 
+pub mod faults;
 pub mod oracle;
 
 use std::collections::{BTreeMap, BTreeSet};

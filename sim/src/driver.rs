@@ -1,0 +1,69 @@
+//! The contract between a scenario run and the thing that executes it.
+//!
+//! Two drivers implement [`Driver`]: the direct driver (the in-process
+//! [`bluetick_core::world::World`], no tokio) and the turmoil driver (the real
+//! tokio server and client drivers of `bluetick-net` over `turmoil::net`). The
+//! scenario runner only talks to this trait, so one scenario file runs on
+//! either, and both feed the same [`History`] to the same oracle.
+//!
+//! Call order: build the driver, then for each timeline step call
+//! [`Driver::run_until`] with the step's time followed by the action; at the
+//! quiesce point call [`Driver::quiesce`], then [`Driver::finish`] once.
+//! Methods that name a user the driver does not know do nothing and return
+//! `None`/`false` (the scenario validator rejects such files first).
+
+use bluetick_core::ids::{GroupId, MessageId, UserId};
+pub use bluetick_core::world::faults::{Direction, FrameFault, TraceEvent};
+use bluetick_core::world::oracle::{History, Violation};
+use bluetick_core::world::Faults;
+
+/// Something that executes a scenario. See the module docs for the call order.
+pub trait Driver {
+    /// Which driver this is (`direct` or `turmoil`), for reports.
+    fn name(&self) -> &'static str;
+    /// Simulated time now, ms.
+    fn now_ms(&self) -> u64;
+    /// Runs everything due up to and including `t_ms`.
+    fn run_until(&mut self, t_ms: u64);
+
+    /// `from` sends `body` to `to`; the id, if the client accepted it.
+    fn send_text(&mut self, from: &UserId, to: &UserId, body: &[u8]) -> Option<MessageId>;
+    /// `from` creates a group with `members` (besides itself).
+    fn create_group(&mut self, from: &UserId, members: &[UserId]) -> Option<GroupId>;
+    /// `admin` adds or removes members of `group`.
+    fn change_group(&mut self, admin: &UserId, group: GroupId, add: &[UserId], remove: &[UserId]) -> bool;
+    /// `from` sends `body` to `group`.
+    fn send_group(&mut self, from: &UserId, group: GroupId, body: &[u8]) -> Option<MessageId>;
+    /// `reader` opens its conversation with `peer` (everything received is read).
+    fn mark_read(&mut self, reader: &UserId, peer: &UserId);
+
+    /// Background network faults (loss, duplication, latency).
+    fn set_faults(&mut self, faults: Faults);
+    /// Adds a targeted frame fault (until [`Driver::clear_frame_faults`]).
+    fn add_frame_fault(&mut self, fault: FrameFault);
+    /// Removes every targeted frame fault.
+    fn clear_frame_faults(&mut self);
+    /// Cuts `users` off from the server (both ways, or only `direction`).
+    fn partition(&mut self, users: &[UserId], direction: Option<Direction>);
+    /// Heals every partition.
+    fn heal(&mut self);
+    /// Takes `user` offline until [`Driver::connect`].
+    fn disconnect(&mut self, user: &UserId);
+    /// Brings `user` back online.
+    fn connect(&mut self, user: &UserId);
+    /// Kills `user`'s client; it restarts from its durable state.
+    fn crash_client(&mut self, user: &UserId);
+    /// Kills the server; it restarts from its durable store.
+    fn crash_server(&mut self);
+    /// Sets `user`'s clock offset from true simulated time.
+    fn set_clock_offset(&mut self, user: &UserId, offset_ms: i64);
+
+    /// Faults off, everyone online, run until idle or `budget_ms` passes.
+    fn quiesce(&mut self, budget_ms: u64);
+    /// End-of-run liveness checks; every violation of the run.
+    fn finish(&mut self) -> Vec<Violation>;
+    /// What happened (the oracle's input).
+    fn history(&self) -> &History;
+    /// The deterministic trace so far.
+    fn trace(&self) -> Vec<TraceEvent>;
+}

@@ -1,0 +1,3 @@
+//! bluetick-sim: scenario files, drivers, oracle verdicts and reports.
+
+pub mod driver;
