@@ -453,6 +453,63 @@ pub enum ServerFrame {
     },
 }
 
+impl ClientFrame {
+    /// The variant's name in kebab case (`send`, `delivery-ack`, …): what
+    /// traces print and targeted faults select on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Register { .. } => "register",
+            ClientFrame::Authenticate { .. } => "authenticate",
+            ClientFrame::UploadPreKeys { .. } => "upload-pre-keys",
+            ClientFrame::FetchBundle { .. } => "fetch-bundle",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::GroupSend { .. } => "group-send",
+            ClientFrame::DeliveryAck { .. } => "delivery-ack",
+            ClientFrame::Receipt { .. } => "receipt",
+            ClientFrame::GroupChange { .. } => "group-change",
+            ClientFrame::PresenceSubscribe { .. } => "presence-subscribe",
+            ClientFrame::PresencePrivacy { .. } => "presence-privacy",
+            ClientFrame::MediaUpload { .. } => "media-upload",
+            ClientFrame::MediaDownload { .. } => "media-download",
+            ClientFrame::Ping { .. } => "ping",
+        }
+    }
+}
+
+impl ServerFrame {
+    /// The variant's name in kebab case (`deliver`, `server-ack`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Challenge { .. } => "challenge",
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::ServerAck { .. } => "server-ack",
+            ServerFrame::Deliver { .. } => "deliver",
+            ServerFrame::GroupChangeAccepted { .. } => "group-change-accepted",
+            ServerFrame::MediaStored { .. } => "media-stored",
+            ServerFrame::Bundle { .. } => "bundle",
+            ServerFrame::PreKeysLow { .. } => "pre-keys-low",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::MediaChunk { .. } => "media-chunk",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Error { .. } => "error",
+        }
+    }
+
+    /// For a `Deliver`, what it carries: `deliver-envelope`, `deliver-receipt`,
+    /// `deliver-expired` or `deliver-group-change`; `None` for other frames.
+    pub fn delivery_kind(&self) -> Option<&'static str> {
+        match self {
+            ServerFrame::Deliver { item, .. } => Some(match item {
+                Delivery::Envelope(_) => "deliver-envelope",
+                Delivery::Receipt { .. } => "deliver-receipt",
+                Delivery::Expired { .. } => "deliver-expired",
+                Delivery::GroupChange(_) => "deliver-group-change",
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The bytes a device signs to prove it holds its identity key: a domain
 /// label, the server's nonce, and the account it claims.
 pub fn auth_message(nonce: &[u8; 32], user: &UserId, device: DeviceId) -> Vec<u8> {

@@ -81,7 +81,7 @@ fn run(seed: u64, faults: Faults, ops: &[Op], tweak: impl Fn(&mut WorldConfig)) 
                 if let Some(g) = group {
                     // Refused (and not recorded) while the sender has not yet
                     // learnt it is a member.
-                    w.send_group(&users[*from], g, &users, &plaintext(seed, n));
+                    w.send_group(&users[*from], g, &plaintext(seed, n));
                 }
             }
         }
@@ -168,7 +168,7 @@ fn a_group_message_reaches_every_member_once() {
     w.run_for(1_000);
     let g = w.create_group(&users[0], &users[1..]).unwrap();
     w.run_for(5_000);
-    let id = w.send_group(&users[0], g, &users, &plaintext(4, 1)).unwrap();
+    let id = w.send_group(&users[0], g, &plaintext(4, 1)).unwrap();
     w.quiesce(120_000);
     assert!(w.finish().is_empty(), "{:#?}", w.violations());
     for u in &users[1..] {

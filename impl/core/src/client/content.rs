@@ -12,6 +12,8 @@
 //!   0 Text:                   varint(len) ‖ body
 //!   1 SenderKeyDistribution:  group (16) ‖ varint(89) ‖ distribution (89, the crypto crate's encoding)
 //!   2 GroupInfo:              group (16) ‖ varint(version) ‖ admin ‖ varint(#members) ‖ members…
+//!   3 Media:                  blob id (16) ‖ media key (32) ‖ ciphertext SHA-256 (32) ‖ varint(plaintext length)
+//!                             (a `bluetick-v1` blob; see [`MediaRef`])
 //! ```
 //! where a user id is `varint(len) ‖ utf-8 bytes` and varints are LEB128
 //! (postcard's unsigned varint). Trailing bytes are refused.
@@ -23,9 +25,11 @@
 //!   and 73 bytes when it is `0x01`, so the split point is read from byte 68.
 //! - `EnvelopeKind::Group`: `GroupMessage::to_bytes()` of the sender key.
 
+use bluetick_crypto::media::{BlobId as CryptoBlobId, MediaFormat, MediaPointer};
 use bluetick_crypto::ratchet::RatchetMessage;
 use bluetick_crypto::sender_key::SenderKeyDistribution;
 use bluetick_crypto::x3dh::{InitialHeader, INITIAL_HEADER_LEN_MAX, INITIAL_HEADER_LEN_MIN};
+use bluetick_crypto::SecretKey;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{GroupId, MessageId, UserId};
@@ -72,6 +76,63 @@ pub enum Content {
         /// Every member, the admin included.
         members: Vec<UserId>,
     },
+    /// An attachment: where its encrypted blob is and the key that opens it.
+    /// Shown to the user (once downloaded and verified) like a text.
+    Media {
+        /// Blob id, media key, digest and length.
+        media: MediaRef,
+    },
+}
+
+/// A `bluetick-v1` attachment pointer in a fixed layout. The crypto crate's
+/// [`MediaPointer`] skips an absent sidecar when serialized, which a
+/// non-self-describing encoding such as postcard cannot read back, so the
+/// payload carries these four fields instead.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// Where the blob is stored.
+    pub blob_id: [u8; 16],
+    /// The per-attachment key.
+    pub media_key: SecretKey,
+    /// SHA-256 of the whole blob as uploaded.
+    pub ciphertext_sha256: [u8; 32],
+    /// Length of the plaintext.
+    pub plaintext_len: u64,
+}
+
+impl MediaRef {
+    /// The fields of a `bluetick-v1` pointer (a sidecar, which that format
+    /// never has, is dropped).
+    pub fn from_pointer(pointer: &MediaPointer) -> Self {
+        MediaRef {
+            blob_id: pointer.blob_id.0,
+            media_key: pointer.media_key.clone(),
+            ciphertext_sha256: pointer.ciphertext_sha256,
+            plaintext_len: pointer.plaintext_len,
+        }
+    }
+
+    /// The crypto crate's pointer for decryption.
+    pub fn to_pointer(&self) -> MediaPointer {
+        MediaPointer {
+            format: MediaFormat::BluetickV1,
+            blob_id: CryptoBlobId(self.blob_id),
+            media_key: self.media_key.clone(),
+            ciphertext_sha256: self.ciphertext_sha256,
+            plaintext_len: self.plaintext_len,
+            streaming_sidecar: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for MediaRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaRef")
+            .field("blob_id", &hex::encode(self.blob_id))
+            .field("media_key", &self.media_key)
+            .field("plaintext_len", &self.plaintext_len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Content {
@@ -92,6 +153,8 @@ impl std::fmt::Debug for Content {
                 .field("admin", admin)
                 .field("members", &members.len())
                 .finish(),
+            // MediaRef's Debug redacts the media key.
+            Content::Media { media } => f.debug_struct("Media").field("media", media).finish(),
         }
     }
 }

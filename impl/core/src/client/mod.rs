@@ -13,12 +13,18 @@
 //! - [`status`]: ticks per sent message and recipient, monotone.
 //! - [`groups`]: signed membership, sender keys and their rotation.
 //! - [`control`]: receipts and group changes owed to the server until it confirms them.
+//! - [`presence`]: followed users and the privacy setting, re-sent on every login.
+//! - [`media`]: attachments: encrypt, upload, pointer message; download, verify.
+//! - [`adversary`]: opening recorded ciphertexts with a stolen state (forward-secrecy checks).
 
+pub mod adversary;
 pub mod content;
 pub mod control;
 pub mod groups;
 pub mod inbox;
+pub mod media;
 pub mod outbox;
+pub mod presence;
 pub mod sessions;
 pub mod status;
 #[cfg(test)]
@@ -90,7 +96,7 @@ pub const BUNDLE_FETCHES_PER_WINDOW: usize = 24;
 pub const BUNDLE_FETCH_WINDOW_MS: u64 = 60_000;
 
 /// Version of the [`SavedClient`] encoding; [`Client::restore`] refuses others.
-pub const SAVE_FORMAT: u16 = 1;
+pub const SAVE_FORMAT: u16 = 2;
 
 /// Deliberate bugs a test, scenario or model check switches on to show that
 /// its checker notices. Never enable them for real use.
@@ -111,6 +117,14 @@ pub enum ClientBug {
     /// Show the latest receipt's state even when it is behind the current
     /// one (a late Delivered after Read turns blue ticks grey again).
     LatestReceiptWins,
+    /// Keep, in the saved state, a copy of each receiving session and sender
+    /// key as it was before a decrypt, i.e. the keys of messages already read:
+    /// whoever steals the state reads old messages (no forward secrecy).
+    KeepUsedMessageKeys,
+    /// Do not send the presence subscription again after a reconnect (the
+    /// server dropped it with the old connection), so followed users' changes
+    /// stop arriving.
+    NoPresenceResubscribe,
 }
 
 /// The set of [`ClientBug`]s switched on; empty by default.
@@ -234,6 +248,30 @@ pub enum ClientError {
         /// The limit.
         max: usize,
     },
+    /// [`media::MEDIA_QUEUE_MAX`] attachments are already waiting to upload.
+    #[error("{len} attachments are waiting to upload, the limit is {max}")]
+    MediaQueueFull {
+        /// Attachments waiting.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A presence contact list over the server's limit.
+    #[error("contact list of {len} users exceeds the limit of {max}")]
+    TooManyContacts {
+        /// Users given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A presence subscription list over the server's limit.
+    #[error("subscription list of {len} users exceeds the limit of {max}")]
+    TooManySubscriptions {
+        /// Users given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Why a saved state could not be restored.
@@ -306,6 +344,11 @@ pub enum UndecryptableReason {
         /// The kind.
         kind: EnvelopeKind,
     },
+    /// An attachment's blob could not be downloaded or did not verify.
+    Media {
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// What the app is told.
@@ -322,6 +365,18 @@ pub enum AppEvent {
         /// The body.
         body: Vec<u8>,
         /// When the server first accepted it.
+        server_ts_ms: u64,
+    },
+    /// An attachment, downloaded and verified, surfaced exactly once (its
+    /// ticks and receipts are those of a 1:1 text).
+    Media {
+        /// The sender.
+        from: UserId,
+        /// The sender's id for it.
+        id: MessageId,
+        /// The attachment's bytes.
+        body: Vec<u8>,
+        /// When the server first accepted its pointer.
         server_ts_ms: u64,
     },
     /// A delivery that could not be read; it was acked and will not return.
@@ -439,6 +494,10 @@ struct State {
     inbox: Inbox,
     groups: Groups,
     control: Control,
+    presence: presence::PresenceWishes,
+    media: media::MediaQueues,
+    /// Empty unless [`ClientBug::KeepUsedMessageKeys`] is on.
+    retained: adversary::RetainedKeys,
 }
 
 /// Where the connection stands.
@@ -500,6 +559,10 @@ struct Volatile {
     changes_sent_at: BTreeMap<(GroupId, u64), u64>,
     /// The prekey upload being confirmed on this connection.
     self_fetch: Option<SelfFetch>,
+    /// Presence frames sent on this connection.
+    presence: presence::PresenceVolatile,
+    /// Uploads and downloads under way on this connection.
+    media: media::MediaVolatile,
 }
 
 impl Volatile {
@@ -513,6 +576,8 @@ impl Volatile {
         self.fetch_blocked = false;
         self.changes_sent_at.clear();
         self.self_fetch = None;
+        self.presence.reset();
+        self.media = media::MediaVolatile::default();
     }
 }
 
@@ -523,8 +588,9 @@ impl Volatile {
 /// 1. `handle_connected` when a connection opens, then `handle_frame` for each
 ///    server frame, `handle_disconnected` when it closes, `handle_timeout`
 ///    when the deadline from `poll_timeout` passes; app commands (`send_text`,
-///    `create_group`, `change_group`, `send_group`, `mark_read`,
-///    `mark_group_read`) at any time, online or not.
+///    `send_media`, `create_group`, `change_group`, `send_group`, `mark_read`,
+///    `mark_group_read`, `subscribe_presence`, `set_presence_privacy`) at any
+///    time, online or not.
 /// 2. After **each** such call: if `is_dirty()`, persist `save()`; only then
 ///    drain `poll_transmit` (send each frame, in order, on the current
 ///    connection) and `poll_event` (hand each to the app), and re-arm the
@@ -611,6 +677,9 @@ impl Client {
             inbox: Inbox::default(),
             groups: Groups::default(),
             control: Control::default(),
+            presence: presence::PresenceWishes::default(),
+            media: media::MediaQueues::default(),
+            retained: adversary::RetainedKeys::default(),
         };
         Client { config, state, vol: Volatile::default(), dirty: Cell::new(true) }
     }
@@ -726,6 +795,8 @@ impl Client {
         if self.vol.self_fetch.as_ref().is_some_and(|f| !fresh(&f.sent_at_ms)) {
             self.vol.self_fetch = None;
         }
+        self.presence_timeout(now_ms);
+        self.media_timeout(now_ms);
         self.flush(now_ms);
     }
 
@@ -757,9 +828,14 @@ impl Client {
             ServerFrame::Bundle { request, bundle } => self.on_bundle(request, bundle),
             ServerFrame::PreKeysLow { .. } => self.on_prekeys_low(),
             ServerFrame::Presence { user, last_seen } => {
+                self.on_presence(&user);
                 self.vol.events.push_back(AppEvent::Presence { user, last_seen })
             }
-            ServerFrame::MediaStored { .. } | ServerFrame::MediaChunk { .. } | ServerFrame::Pong { .. } => {}
+            ServerFrame::MediaStored { blob, len } => self.on_media_stored(blob, len),
+            ServerFrame::MediaChunk { blob, offset, chunk, last } => {
+                self.on_media_chunk(blob, offset, chunk, last, now_ms)
+            }
+            ServerFrame::Pong { .. } => {}
             ServerFrame::Error { code, detail } => self.vol.events.push_back(AppEvent::ServerError { code, detail }),
         }
         self.flush(now_ms);
@@ -910,10 +986,7 @@ impl Client {
             (true, Some(oldest)) => Some(oldest.saturating_add(BUNDLE_FETCH_WINDOW_MS)),
             _ => None,
         };
-        match (resend, fetch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [resend, fetch, self.presence_deadline(), self.media_deadline()].into_iter().flatten().min()
     }
 
     // ----- connection -----
@@ -1023,8 +1096,10 @@ impl Client {
         }
         self.vol.fetch_blocked = false;
         self.flush_prekeys(now_ms);
+        self.flush_presence(now_ms);
         self.flush_changes(now_ms);
         self.flush_outbox(now_ms);
+        self.flush_media(now_ms);
         if self.state.control.batch_receipts(&mut self.state.rng) {
             self.touch();
         }
@@ -1395,6 +1470,7 @@ impl Client {
 
     fn on_direct(&mut self, envelope: Envelope) {
         self.record_seen(&envelope);
+        self.retain_pairwise(&envelope.from);
         let State { sessions, prekeys, rng, .. } = &mut self.state;
         let opened =
             sessions.decrypt(self.config.suite, prekeys, &envelope.from, envelope.kind, &envelope.ciphertext, rng);
@@ -1416,6 +1492,24 @@ impl Client {
             Content::GroupInfo { group, version, admin, members } => {
                 self.on_group_info(&sender, group, version, admin, members)
             }
+            Content::Media { media } => self.on_media_pointer(&envelope, media),
+        }
+    }
+
+    /// Shows a downloaded attachment to the app and owes its Delivered receipt.
+    fn surface_media(&mut self, envelope: &Envelope, body: Vec<u8>) {
+        let from = envelope.from.user.clone();
+        let id = envelope.message_id;
+        self.vol.events.push_back(AppEvent::Media {
+            from: from.clone(),
+            id,
+            body,
+            server_ts_ms: envelope.server_ts_ms,
+        });
+        self.state.inbox.add_unread(Conversation::Direct(from.clone()), from.clone(), id, UNREAD_PER_CONVERSATION_MAX);
+        self.state.control.owe_receipt(from.clone(), ReceiptKind::Delivered, id);
+        if self.config.bugs.has(ClientBug::ReadOnDelivery) {
+            self.state.control.owe_receipt(from, ReceiptKind::Read, id);
         }
     }
 
@@ -1454,6 +1548,7 @@ impl Client {
                 message.group_id
             )));
         }
+        self.retain_group(group, &envelope.from.user);
         let Some(record) = self.state.groups.records.get_mut(&(group, envelope.from.user.clone())) else {
             return Ok(None);
         };

@@ -104,6 +104,18 @@ impl Sessions {
         }
     }
 
+    /// The encoded sessions with `peer`, for [`crate::client::ClientBug::KeepUsedMessageKeys`]
+    /// (a copy taken before a decrypt still holds the key that decrypt uses).
+    pub fn snapshot_peer(&self, peer: &DeviceAddress) -> Option<Vec<u8>> {
+        postcard::to_allocvec(self.peers.get(peer)?).ok()
+    }
+
+    /// Sessions holding only a [`Sessions::snapshot_peer`] copy.
+    pub fn from_snapshot(peer: &DeviceAddress, bytes: &[u8]) -> Option<Sessions> {
+        let slots: VecDeque<Slot> = postcard::from_bytes(bytes).ok()?;
+        Some(Sessions { peers: BTreeMap::from([(peer.clone(), slots)]), identities: BTreeMap::new() })
+    }
+
     /// Whether a message to `peer` can be encrypted now.
     pub fn can_send(&self, peer: &DeviceAddress) -> bool {
         self.peers.get(peer).and_then(|s| s.front()).is_some_and(|slot| slot.session.can_send())

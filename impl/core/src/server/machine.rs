@@ -66,6 +66,13 @@ pub const AUTH_TIMEOUT_MS: u64 = 10_000;
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// Devices one account may register. Every group message, receipt and group
+/// change is queued once per device of each recipient, so without a bound one
+/// account could make every honest sender to it write without limit; five is
+/// a phone and four companions, as WhatsApp allows. With one connection per
+/// device (a new one replaces the old), this also bounds connections per user.
+pub const DEVICES_PER_USER_MAX: usize = 5;
+
 /// Deliberate bugs that tests, scenarios and model checks switch on to prove
 /// their checkers notice. All off by default; never set them for real.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +279,10 @@ impl From<StoreError> for Refusal {
 }
 
 /// The chat server. See the module docs for the call order.
+///
+/// `Clone` copies the whole state, volatile parts included: a model checker
+/// keeps one server per explored state and steps copies of it.
+#[derive(Clone)]
 pub struct Server {
     config: ServerConfig,
     rng: ChaCha20Rng,
@@ -443,6 +454,61 @@ impl Server {
         Ok(s)
     }
 
+    /// Feeds the server's whole state, durable and volatile, into `hasher`
+    /// canonically: equal states feed equal bytes. Counters ([`ServerStats`])
+    /// are left out because they never change what the server does next, and
+    /// a model checker that hashed them would tell apart states that behave
+    /// the same. (`Server` cannot derive `Hash`: its parts hold an RNG and
+    /// maps of records that do not implement it.)
+    pub fn hash_state<H: std::hash::Hasher>(&self, hasher: &mut H) {
+        let durable = (
+            &self.config,
+            &self.rng,
+            &self.keys,
+            &self.presence,
+            &self.mailboxes,
+            &self.deadlines,
+            &self.bodies,
+            &self.groups,
+            &self.accepted,
+            &self.blobs,
+            &self.online,
+            &self.closing,
+        );
+        hasher.write(&enc(&durable));
+        hasher.write_usize(self.conns.len());
+        for (id, c) in &self.conns {
+            hasher.write_u64(id.0);
+            match &c.auth {
+                Auth::Pending { nonce, since_ms } => {
+                    hasher.write_u8(0);
+                    hasher.write(nonce);
+                    hasher.write_u64(*since_ms);
+                }
+                Auth::Device(addr) => {
+                    hasher.write_u8(1);
+                    hasher.write(&enc(addr));
+                }
+            }
+            hasher.write_u64(c.bucket.milli_tokens);
+            hasher.write_u64(c.bucket.at_ms);
+            hasher.write_u32(c.errors);
+        }
+        hasher.write_usize(self.out.len());
+        for o in &self.out {
+            match o {
+                ServerOutput::Frame { conn, frame } => {
+                    hasher.write_u64(conn.0);
+                    hasher.write(&enc(frame));
+                }
+                ServerOutput::Close { conn, reason } => {
+                    hasher.write_u64(!conn.0);
+                    hasher.write(reason.as_bytes());
+                }
+            }
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.config
@@ -550,6 +616,8 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if !c.bucket.take(now_ms) {
             self.refuse(conn, Refusal::new(ErrorCode::LimitExceeded, "too many frames: slow down"));
+            // The refusal may be the one that closes the connection.
+            self.finish_closes(now_ms, store);
             return;
         }
         let frame = match wire::decode::<ClientFrame>(bytes) {
@@ -717,6 +785,12 @@ impl Server {
             return Err(Refusal::new(
                 ErrorCode::UserExists,
                 format!("{:?} is bound to another identity key", addr.user),
+            ));
+        }
+        if self.keys.identity(&addr).is_none() && others.len() >= DEVICES_PER_USER_MAX {
+            return Err(Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!("{:?} has {} devices, the limit is {DEVICES_PER_USER_MAX}", addr.user, others.len()),
             ));
         }
         self.keys.register(&addr, identity_key).map_err(key_refusal)?;

@@ -71,6 +71,10 @@ pub enum MailboxBug {
     /// Ignore delivery-acks: nothing is ever deleted, everything is
     /// redelivered after each ack timeout.
     IgnoreAck,
+    /// Never expire anything: entries outlive their TTL.
+    NeverExpire,
+    /// Hand out the newest entries first instead of the oldest.
+    NewestFirst,
 }
 
 /// One device's queue of undelivered or unacknowledged items.
@@ -166,7 +170,12 @@ impl<P: Clone> Mailbox<P> {
         if room == 0 {
             return out;
         }
-        for entry in self.entries.values_mut() {
+        let entries: Box<dyn Iterator<Item = &mut Entry<P>>> = if self.bug == Some(MailboxBug::NewestFirst) {
+            Box::new(self.entries.values_mut().rev())
+        } else {
+            Box::new(self.entries.values_mut())
+        };
+        for entry in entries {
             if out.len() == room {
                 break;
             }
@@ -276,6 +285,13 @@ impl<P: Clone> Mailbox<P> {
     /// Removes and returns every entry whose expiry is at or before `now_ms`.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Entry<P>> {
         let due: Vec<(u64, u64)> = self.by_expiry.range(..=(now_ms, u64::MAX)).copied().collect();
+        if self.bug == Some(MailboxBug::NeverExpire) {
+            // Forget the deadlines (so no timer fires for ever) but keep the entries.
+            for item in &due {
+                self.by_expiry.remove(item);
+            }
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(due.len());
         for (_, seq) in due {
             if let Some(e) = self.remove_seq(seq) {

@@ -114,6 +114,8 @@ pub enum PresenceError {
 pub enum PresenceBug {
     /// Treat every subscriber as permitted: pushes and replies go to everyone.
     IgnorePrivacy,
+    /// Push every change at once, ignoring [`PRESENCE_PUSH_INTERVAL_MS`].
+    NoThrottle,
 }
 
 /// One user's durable presence record.
@@ -436,7 +438,11 @@ impl Presence {
         if view == slot.last_sent {
             return;
         }
-        let due = now_ms.max(slot.last_sent_ms.saturating_add(PRESENCE_PUSH_INTERVAL_MS));
+        let due = if self.bug == Some(PresenceBug::NoThrottle) {
+            now_ms
+        } else {
+            now_ms.max(slot.last_sent_ms.saturating_add(PRESENCE_PUSH_INTERVAL_MS))
+        };
         slot.due_ms = Some(due);
         self.due.insert((due, subscriber.clone(), target.clone()));
     }

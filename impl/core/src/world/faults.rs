@@ -47,3 +47,57 @@ pub struct TraceEvent {
     /// Event details as stable `key=value` text.
     pub detail: String,
 }
+
+impl FrameFault {
+    /// Whether the rule applies to a frame of `kind` (and, for a `Deliver`,
+    /// `delivery_kind`, e.g. `deliver-receipt`) travelling `direction` on
+    /// `user`'s connection.
+    pub fn matches(&self, kind: &str, delivery_kind: Option<&str>, direction: Direction, user: &UserId) -> bool {
+        let kind_ok = match &self.kind {
+            None => true,
+            Some(k) => k == kind || delivery_kind == Some(k.as_str()),
+        };
+        kind_ok && self.direction.is_none_or(|d| d == direction) && self.user.as_ref().is_none_or(|u| u == user)
+    }
+}
+
+impl Direction {
+    /// The stable name used in traces and scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::ToServer => "to-server",
+            Direction::ToClient => "to-client",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(kind: Option<&str>, direction: Option<Direction>, user: Option<&str>) -> FrameFault {
+        FrameFault {
+            kind: kind.map(str::to_string),
+            direction,
+            user: user.map(|u| UserId::new(u).unwrap()),
+            drop_per_mille: 1000,
+            duplicate_per_mille: 0,
+            delay_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_rule_selects_by_kind_delivery_kind_direction_and_user() {
+        let bob = UserId::new("bob").unwrap();
+        let alice = UserId::new("alice").unwrap();
+        let acks = rule(Some("delivery-ack"), Some(Direction::ToServer), Some("bob"));
+        assert!(acks.matches("delivery-ack", None, Direction::ToServer, &bob));
+        assert!(!acks.matches("delivery-ack", None, Direction::ToServer, &alice));
+        assert!(!acks.matches("delivery-ack", None, Direction::ToClient, &bob));
+        assert!(!acks.matches("send", None, Direction::ToServer, &bob));
+        let receipts = rule(Some("deliver-receipt"), None, None);
+        assert!(receipts.matches("deliver", Some("deliver-receipt"), Direction::ToClient, &alice));
+        assert!(!receipts.matches("deliver", Some("deliver-envelope"), Direction::ToClient, &alice));
+        assert!(rule(None, None, None).matches("ping", None, Direction::ToServer, &alice));
+    }
+}

@@ -9,13 +9,23 @@
 //! faults stop and everyone is online): every message the server accepted
 //! reached every intended app or was reported expired, and every mailbox is
 //! empty.
+//!
+//! The [`World`](super::World) adds checks that need its view of the run:
+//! targeted faults, groups over time (`removed-member-cannot-read`), presence
+//! (`presence-privacy`, `presence-throttle`, `presence-converges`), forward
+//! secrecy after a compromise, retention, and the server's hand-out order
+//! (`per-conversation-order`). Their state lives here, in [`History`], so a
+//! report can print it; [`super::checks`] holds the logic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::faults::FrameFault;
 use crate::client::DeliveryState;
-use crate::ids::{DeviceAddress, MessageId, UserId};
+use crate::ids::{DeviceAddress, GroupId, MessageId, UserId};
+use crate::server::presence::coarsen;
+use crate::wire::{LastSeen, Visibility};
 
 /// One broken invariant, with what is needed to understand it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +54,27 @@ pub mod names {
     pub const PREKEY_ONCE: &str = "one-time-prekey-once";
     /// After quiet, every mailbox is empty.
     pub const MAILBOXES_EMPTY: &str = "mailboxes-empty";
+    /// The server hands out each mailbox's items for the first time in `seq`
+    /// (acceptance) order, so per sender and recipient the first delivery
+    /// follows the send order (protocol 6.2).
+    pub const ORDER: &str = "per-conversation-order";
+    /// Nothing stays in a mailbox after its device acked it, nor past its TTL.
+    pub const RETENTION: &str = "retention";
+    /// A member outside the sender's view of a group when it encrypted a group
+    /// message (removed, or not yet added) never reads it: its app is never
+    /// shown it, and its key material as of its removal does not decrypt it.
+    pub const REMOVED_MEMBER_CANNOT_READ: &str = "removed-member-cannot-read";
+    /// No subscriber the owner's privacy setting excludes is shown anything
+    /// but `LongAgo`, nor pushed a change caused by the owner's activity.
+    pub const PRESENCE_PRIVACY: &str = "presence-privacy";
+    /// At most one push per (subscriber, followed user) per throttle interval.
+    pub const PRESENCE_THROTTLE: &str = "presence-throttle";
+    /// Once nothing changes, each subscriber's last shown presence of each
+    /// followed user is the truth (what the owner's setting lets it see).
+    pub const PRESENCE_CONVERGES: &str = "presence-converges";
+    /// A stolen device state opens no ciphertext the device had already
+    /// received and decrypted.
+    pub const FORWARD_SECRECY: &str = "forward-secrecy";
 }
 
 /// A message as the sending app asked for it.
@@ -76,8 +107,123 @@ pub struct History {
     pub expired: BTreeSet<(MessageId, UserId)>,
     /// (owner, one-time prekey id) handed out by the server.
     pub prekeys_handed_out: BTreeSet<(DeviceAddress, u32)>,
+    /// (user, message) the app was shown with its content (decrypted), as
+    /// opposed to reported undecryptable.
+    pub decrypted: BTreeSet<(UserId, MessageId)>,
+    /// Attachments among [`History::sent`].
+    pub media: BTreeSet<MessageId>,
+    /// Groups as their admins made them.
+    pub groups: BTreeMap<GroupId, GroupTruth>,
+    /// Group messages as first transmitted (sealed) by their senders.
+    pub group_sends: BTreeMap<MessageId, GroupSend>,
+    /// Presence as the oracle tracks it.
+    pub presence: PresenceTruth,
+    /// Compromises: (user, time, ciphertexts tried).
+    pub compromised: Vec<(UserId, u64, u64)>,
     /// Counters for reports.
     pub counts: Counts,
+}
+
+/// A group's membership per version, as its admin signed it.
+#[derive(Debug, Clone, Default)]
+pub struct GroupTruth {
+    /// The admin.
+    pub admin: Option<UserId>,
+    /// Members (admin included) after each version.
+    pub versions: BTreeMap<u64, BTreeSet<UserId>>,
+    /// (user, time) of every removal.
+    pub removals: Vec<(UserId, u64)>,
+}
+
+impl GroupTruth {
+    /// Members of the latest version.
+    pub fn members(&self) -> BTreeSet<UserId> {
+        self.versions.values().next_back().cloned().unwrap_or_default()
+    }
+}
+
+/// A group message as its sender first transmitted it.
+#[derive(Debug, Clone)]
+pub struct GroupSend {
+    /// The group.
+    pub group: GroupId,
+    /// The sender.
+    pub from: UserId,
+    /// The members the sender believed in when it encrypted (itself included).
+    pub view: BTreeSet<UserId>,
+    /// The sender-key ciphertext.
+    pub ciphertext: Vec<u8>,
+    /// When it was first transmitted.
+    pub sealed_at_ms: u64,
+}
+
+/// Presence as the oracle sees it: the truth, what the server sent, what the
+/// apps were shown.
+#[derive(Debug, Clone, Default)]
+pub struct PresenceTruth {
+    /// Users the server counts online (between its `Welcome` and the
+    /// connection's end), with when that last changed.
+    pub online: BTreeMap<UserId, bool>,
+    /// When each user last came online or went offline.
+    pub last_seen_ms: BTreeMap<UserId, u64>,
+    /// Privacy settings as the server applied them (the frame reached it).
+    pub settings: BTreeMap<UserId, (Visibility, BTreeSet<UserId>)>,
+    /// When each user's online state last changed.
+    pub changed_at_ms: BTreeMap<UserId, u64>,
+    /// When each user's setting last reached the server.
+    pub setting_changed_at_ms: BTreeMap<UserId, u64>,
+    /// When each subscriber's app last changed its subscription list.
+    pub subscribed_at_ms: BTreeMap<UserId, u64>,
+    /// (subscriber, user) → when the server last sent a push or a subscribe reply.
+    pub last_sent_ms: BTreeMap<(UserId, UserId), u64>,
+    /// (subscriber, user) → the last presence shown to the subscriber's app.
+    pub shown: BTreeMap<(UserId, UserId), LastSeen>,
+    /// (subscriber, user) pairs with a push lost, duplicated or delayed by a
+    /// fault since the last subscribe reply: their app may lag the truth.
+    pub excused: BTreeSet<(UserId, UserId)>,
+}
+
+impl PresenceTruth {
+    /// Whether `owner`'s applied setting lets `viewer` see it.
+    pub fn permits(&self, owner: &UserId, viewer: &UserId) -> bool {
+        match self.settings.get(owner) {
+            None => true,
+            Some((Visibility::Everyone, _)) => true,
+            Some((Visibility::Contacts, contacts)) => contacts.contains(viewer),
+            Some((Visibility::Nobody, _)) => false,
+        }
+    }
+
+    /// What `viewer` should see of `owner` at `now_ms`.
+    pub fn view(&self, owner: &UserId, viewer: &UserId, now_ms: u64) -> LastSeen {
+        if !self.permits(owner, viewer) {
+            return LastSeen::LongAgo;
+        }
+        let online = self.online.get(owner).copied().unwrap_or(false);
+        coarsen(online, self.last_seen_ms.get(owner).copied(), now_ms)
+    }
+}
+
+/// How often one targeted [`FrameFault`] rule fired.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FrameFaultCount {
+    /// The rule.
+    pub rule: FrameFault,
+    /// Frames it matched.
+    pub matched: u64,
+    /// Frames it dropped.
+    pub dropped: u64,
+    /// Frames it duplicated.
+    pub duplicated: u64,
+    /// Frames it delayed.
+    pub delayed: u64,
+}
+
+impl FrameFaultCount {
+    /// Whether the rule did anything at all (the "sometimes" guard).
+    pub fn fired(&self) -> bool {
+        self.dropped + self.duplicated + self.delayed > 0
+    }
 }
 
 /// Numbers a report prints next to the verdicts ("sometimes" guards: a
@@ -98,6 +244,38 @@ pub struct Counts {
     pub duplicates_suppressed: u64,
     /// Messages shown to apps.
     pub app_deliveries: u64,
+    /// Frames lost on a partitioned link.
+    pub frames_partitioned: u64,
+    /// Frames delayed by a targeted rule.
+    pub frames_delayed: u64,
+    /// Each targeted rule ever added, in order, with what it did.
+    pub frame_faults: Vec<FrameFaultCount>,
+    /// Items the server handed out again (same mailbox `seq`).
+    pub redeliveries: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Connections dropped because their link stayed cut.
+    pub partition_timeouts: u64,
+    /// Device states taken by the adversary.
+    pub compromises: u64,
+    /// Recorded ciphertexts the adversary tried against a stolen state.
+    pub adversary_attempts: u64,
+    /// Group membership changes made by admins.
+    pub group_changes: u64,
+    /// Group ciphertexts tried against a removed member's key material.
+    pub removed_member_attempts: u64,
+    /// Presence frames shown to apps.
+    pub presence_shown: u64,
+    /// Presence pushes (not subscribe replies) sent by the server.
+    pub presence_pushes: u64,
+    /// (subscriber, user) pairs judged by a presence convergence check.
+    pub presence_pairs_checked: u64,
+    /// Pairs skipped because a push to them was lost or still settling.
+    pub presence_pairs_excused: u64,
+    /// Attachments shown to apps.
+    pub media_deliveries: u64,
+    /// Expiry notices shown to senders (per message and recipient).
+    pub expiries_reported: u64,
 }
 
 impl History {
@@ -109,6 +287,7 @@ impl History {
         *n += 1;
         if body.is_some() {
             self.received_order.push((user.clone(), id));
+            self.decrypted.insert((user.clone(), id));
         }
         self.counts.app_deliveries += 1;
         if *n > 1 {
@@ -161,8 +340,8 @@ impl History {
                 detail: format!("{id:?} shown as {state:?} for {peer:?}, but {peer:?}'s app has not got there"),
             });
         }
-        if state == DeliveryState::Expired {
-            self.expired.insert((id, peer.clone()));
+        if state == DeliveryState::Expired && self.expired.insert((id, peer.clone())) {
+            self.counts.expiries_reported += 1;
         }
         out
     }
@@ -204,11 +383,23 @@ impl History {
         out
     }
 
-    /// Searches `haystack` for any sent plaintext.
+    /// Searches `haystack` for any sent plaintext (text or attachment): the
+    /// whole body, or its first [`PLAINTEXT_NEEDLE_LEN`] bytes for a longer one.
     pub fn find_plaintext<'a>(&'a self, haystack: &[u8]) -> Option<&'a MessageId> {
-        self.sent.iter().find(|(_, m)| m.body.len() >= 8 && contains(haystack, &m.body)).map(|(id, _)| id)
+        self.sent
+            .iter()
+            .find(|(_, m)| {
+                let needle = &m.body[..m.body.len().min(PLAINTEXT_NEEDLE_LEN)];
+                needle.len() >= 8 && contains(haystack, needle)
+            })
+            .map(|(id, _)| id)
     }
 }
+
+/// Bytes of a long plaintext searched for: 64 random-looking bytes cannot
+/// occur by chance in ciphertext, and a whole attachment as the needle would
+/// make every scan as slow as the attachment is long.
+pub const PLAINTEXT_NEEDLE_LEN: usize = 64;
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.len() <= haystack.len() && haystack.windows(needle.len()).any(|w| w == needle)
