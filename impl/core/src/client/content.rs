@@ -12,7 +12,7 @@
 //!   0 Text:                   varint(len) ‖ body
 //!   1 SenderKeyDistribution:  group (16) ‖ varint(89) ‖ distribution (89, the crypto crate's encoding)
 //!   2 GroupInfo:              group (16) ‖ varint(version) ‖ admin ‖ varint(#members) ‖ members…
-//!   3 Media:                  blob id (16) ‖ media key (32) ‖ ciphertext SHA-256 (32) ‖ varint(plaintext length)
+//!   3 Media:                  blob id (16) ‖ media key (64 lowercase hex chars, serde string: varint 64 + 64 bytes) ‖ ciphertext SHA-256 (32) ‖ varint(plaintext length)
 //!                             (a `bluetick-v1` blob; see [`MediaRef`])
 //! ```
 //! where a user id is `varint(len) ‖ utf-8 bytes` and varints are LEB128

@@ -162,7 +162,15 @@ impl Client {
             return;
         }
         if self.vol.media.upload.is_none() {
-            if let Some(up) = self.state.media.uploads.front() {
+            let rng = &mut self.state.rng;
+            if let Some(up) = self.state.media.uploads.front_mut() {
+                // Every attempt gets a fresh blob id. An earlier attempt (before
+                // a reconnect or a crash) may have landed with its `MediaStored`
+                // lost; resending under its id would have every chunk refused,
+                // and a large blob would then reach the refusal limit and close
+                // the connection on each reconnect until the old blob expired.
+                up.pointer.blob_id = CryptoBlobId::generate(rng).0;
+                self.dirty.set(true);
                 let blob = wire_blob(&up.pointer.blob_id);
                 let chunks: Vec<&[u8]> = up.blob.chunks(MEDIA_CHUNK_LEN_MAX).collect();
                 if chunks.is_empty() {
@@ -234,8 +242,7 @@ impl Client {
         self.dirty.set(true);
         up.attempts = up.attempts.saturating_add(1);
         if up.attempts < MEDIA_ATTEMPTS_MAX {
-            // Uploads are not resumable: start over under a fresh id.
-            up.pointer.blob_id = CryptoBlobId::generate(&mut self.state.rng).0;
+            // Uploads are not resumable: the next flush starts over under a fresh id.
             return;
         }
         if let Some(up) = self.state.media.uploads.pop_front() {

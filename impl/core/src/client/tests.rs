@@ -4,7 +4,7 @@
 //! after every call, save when dirty, then drain — and checks on every call
 //! that `is_dirty() == false` really means an unchanged save.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::*;
 use crate::server::{ConnId, Server, ServerConfig, ServerOutput};
@@ -832,4 +832,38 @@ fn a_lost_welcome_is_recovered_by_logging_in_again() {
     assert_eq!(net.client("alice").poll_timeout(), Some(net.now + DEFAULT_RESEND_AFTER_MS));
     net.advance(DEFAULT_RESEND_AFTER_MS);
     assert!(net.client("alice").is_ready(), "the repeated login was answered with a Welcome");
+}
+
+#[test]
+fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let body = vec![0x5a; 300_000];
+    let id = net.call("alice", |c, now| c.send_media(&u("bob"), &body, now)).unwrap();
+    // The server stores the blob, but its `MediaStored` never reaches alice.
+    net.pump_with(|name, frame| match frame {
+        ServerFrame::MediaStored { .. } if *name == u("alice") => Fate::Drop,
+        _ => Fate::Deliver,
+    });
+    net.disconnect("alice");
+    net.connect("alice");
+    net.pump();
+    let blobs: BTreeSet<crate::ids::BlobId> = net
+        .sent
+        .iter()
+        .filter_map(|(who, f)| match f {
+            ClientFrame::MediaUpload { blob, .. } if *who == u("alice") => Some(*blob),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(blobs.len(), 2, "the second attempt must not reuse the stored blob's id");
+    assert!(net.client("alice").is_ready(), "alice's connection must survive the resend");
+    let got: Vec<&Vec<u8>> = net.nodes[&u("bob")]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::Media { id: got, body, .. } if *got == id => Some(body),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![&body], "bob gets the attachment exactly once");
 }
