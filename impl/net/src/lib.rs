@@ -8,6 +8,9 @@
 //! - [`clock`]: the wall clock, behind a trait so tests and the simulator can
 //!   inject their own.
 //! - [`entropy`]: the OS random number generator, for seeds only.
+//! - [`transport`]: where byte streams come from ([`transport::Acceptor`],
+//!   [`transport::Connector`]): real TCP here, simulated TCP in bluetick-sim,
+//!   under the same drivers.
 //!
 //! One frame is one WebSocket binary message, encoded with
 //! [`bluetick_core::wire::encode`]. Only this crate reads the OS clock and
@@ -17,6 +20,7 @@ pub mod client;
 pub mod clock;
 pub mod entropy;
 pub mod server;
+pub mod transport;
 
 /// Largest WebSocket message either side accepts, in bytes. Twice
 /// [`bluetick_core::wire::FRAME_LEN_MAX`] so a slightly oversize frame still

@@ -10,9 +10,10 @@
 //!
 //! Each accepted stream gets a *connection task* that performs the WebSocket
 //! handshake ([`tokio_tungstenite::accept_async_with_config`]) and then reads
-//! frames, and a *writer task* that sends what the loop queued. The transport
-//! is any `AsyncRead + AsyncWrite + Unpin + Send` stream ([`serve_connection`]),
-//! so the same code can run over turmoil's simulated sockets.
+//! frames, and a *writer task* that sends what the loop queued. Connections
+//! come from an [`Acceptor`]: a `tokio::net::TcpListener` for real, a
+//! simulated listener in bluetick-sim; everything above the byte stream is
+//! the same code.
 //!
 //! # Back-pressure
 //! The loop never awaits a connection. Each connection has a bounded send
@@ -32,17 +33,15 @@
 //! several loops, each with its own part of the store, is a later step.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bluetick_core::server::{ConnId, Server, ServerConfig, ServerOutput};
 use bluetick_core::store::{Store, StoreError};
-use bluetick_core::wire;
+use bluetick_core::wire::{self, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -50,6 +49,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::{Clock, SystemClock};
+use crate::transport::{Acceptor, Stream};
 
 /// Frames queued per connection before it counts as a slow consumer and is
 /// closed: a full delivery window (64) many times over, so a healthy client on
@@ -100,6 +100,17 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
+    /// Sees every frame the core sends (a simulator's oracle); `None` for real use.
+    pub observer: Option<Arc<dyn ServerObserver>>,
+}
+
+/// Watches the server loop from outside, synchronously and in order. A
+/// simulator's oracle uses it to see what the server hands out; it must be
+/// quick, as it runs on the loop.
+pub trait ServerObserver: Send + Sync + fmt::Debug {
+    /// The core produced `frame` for `conn` (whether or not the connection
+    /// is still there to take it).
+    fn frame_out(&self, conn: ConnId, frame: &ServerFrame);
 }
 
 impl ServerOptions {
@@ -112,6 +123,7 @@ impl ServerOptions {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             idle_timeout: IDLE_TIMEOUT,
             clock: Arc::new(SystemClock),
+            observer: None,
         }
     }
 }
@@ -149,18 +161,20 @@ struct Live {
     kill: oneshot::Sender<()>,
 }
 
-/// Runs the server on `listener` until `shutdown` completes, then closes every
-/// connection and returns the store.
+/// Runs the server on the connections of `listener` (a
+/// `tokio::net::TcpListener`, or any [`Acceptor`]) until `shutdown`
+/// completes, then closes every connection and returns the store.
 ///
 /// # Errors
 /// [`ServeError::Recover`] if the store's state cannot be read at start.
-pub async fn run_server<S, F>(
-    listener: TcpListener,
+pub async fn run_server<A, S, F>(
+    listener: A,
     mut store: S,
     options: ServerOptions,
     shutdown: F,
 ) -> Result<S, ServeError>
 where
+    A: Acceptor,
     S: Store + Send,
     F: Future<Output = ()> + Send,
 {
@@ -181,7 +195,7 @@ where
             () = &mut shutdown => break,
             () = timer, if wait.is_some() => {
                 server.handle_timeout(clock.now_ms(), &mut store);
-                drain(&mut server, &mut live, &mut store, clock.as_ref());
+                drain(&mut server, &mut live, &mut store, clock.as_ref(), options.observer.as_deref());
             }
             Some(event) = events.recv() => {
                 let now = clock.now_ms();
@@ -201,7 +215,7 @@ where
                         }
                     }
                 }
-                drain(&mut server, &mut live, &mut store, clock.as_ref());
+                drain(&mut server, &mut live, &mut store, clock.as_ref(), options.observer.as_deref());
             }
             () = accept_pause, if accept_resume.is_some() => accept_resume = None,
             accepted = listener.accept(), if accept_resume.is_none() => match accepted {
@@ -239,12 +253,21 @@ where
 
 /// Moves the core's output into send queues; closes slow consumers and tells
 /// the core, which may produce more output, until there is none.
-fn drain(server: &mut Server, live: &mut BTreeMap<ConnId, Live>, store: &mut dyn Store, clock: &dyn Clock) {
+fn drain(
+    server: &mut Server,
+    live: &mut BTreeMap<ConnId, Live>,
+    store: &mut dyn Store,
+    clock: &dyn Clock,
+    observer: Option<&dyn ServerObserver>,
+) {
     loop {
         let mut gone = Vec::new();
         while let Some(out) = server.poll_output() {
             match out {
                 ServerOutput::Frame { conn, frame } => {
+                    if let Some(o) = observer {
+                        o.frame_out(conn, &frame);
+                    }
                     let Some(c) = live.get(&conn) else { continue };
                     if c.tx.try_send(Outbound::Frame(wire::encode(&frame))).is_err() {
                         // Full (slow consumer) or the writer is gone: either
@@ -279,18 +302,14 @@ fn drain(server: &mut Server, live: &mut BTreeMap<ConnId, Live>, store: &mut dyn
 }
 
 /// Serves one accepted stream as connection `conn`: WebSocket handshake, then
-/// frames to the loop through `events` until either side closes. Generic over
-/// the transport so a simulated network can drive it (exposing an acceptor
-/// trait for that is a later step).
-async fn serve_connection<T>(
+/// frames to the loop through `events` until either side closes.
+async fn serve_connection<T: Stream>(
     stream: T,
-    peer: SocketAddr,
+    peer: String,
     conn: ConnId,
     events: mpsc::Sender<ConnEvent>,
     options: ServerOptions,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(crate::ws_config()));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
@@ -407,7 +426,7 @@ mod tests {
         let mut live = BTreeMap::from([(ConnId(1), Live { tx, kill })]);
         server.handle_connect(ConnId(1), 0);
         server.handle_bytes(ConnId(1), &[0xff], 0, &mut store);
-        drain(&mut server, &mut live, &mut store, &SystemClock);
+        drain(&mut server, &mut live, &mut store, &SystemClock, None);
         (live, kill_rx, rx)
     }
 

@@ -8,8 +8,10 @@ use bluetick_core::client::{AppEvent, Client, ClientConfig, DeliveryState, PRIMA
 use bluetick_core::ids::{MessageId, UserId};
 use bluetick_core::server::ServerConfig;
 use bluetick_core::store::MemoryStore;
-use bluetick_core::wire::{self, ErrorCode, ServerFrame, FRAME_LEN_MAX};
-use bluetick_net::client::{open_client, run_client, ClientEvent, ClientHandle, ClientOptions};
+use bluetick_core::wire::{self, ClientFrame, ErrorCode, ServerFrame, FRAME_LEN_MAX};
+use bluetick_net::client::{
+    open_client, run_client, AppAction, ClientEvent, ClientHandle, ClientObserver, ClientOptions, FrameFate, FrameTap,
+};
 use bluetick_net::clock::{Clock, SystemClock};
 use bluetick_net::server::{run_server, ServerOptions};
 use futures_util::{SinkExt, StreamExt};
@@ -310,6 +312,163 @@ async fn shutdown_closes_live_connections_promptly_and_clients_notice() {
         assert!(started.elapsed() < bluetick_net::server::SHUTDOWN_GRACE, "took {:?}", started.elapsed());
         wait_for(&mut alice, &mut seen, |e| matches!(e, ClientEvent::Offline { .. }).then_some(())).await;
         alice.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Drops the first `left` delivery-acks the client sends; counts them all.
+#[derive(Debug)]
+struct DropAcks {
+    left: std::sync::Mutex<u32>,
+    acks: std::sync::Mutex<u32>,
+}
+
+impl FrameTap for DropAcks {
+    fn outgoing(&self, frame: &ClientFrame, _now_ms: u64) -> FrameFate {
+        let mut left = self.left.lock().unwrap();
+        if matches!(frame, ClientFrame::DeliveryAck { .. }) {
+            *self.acks.lock().unwrap() += 1;
+        }
+        if matches!(frame, ClientFrame::DeliveryAck { .. }) && *left > 0 {
+            *left -= 1;
+            return FrameFate::lost();
+        }
+        FrameFate::once()
+    }
+
+    fn incoming(&self, _frame: &ServerFrame, _now_ms: u64) -> FrameFate {
+        FrameFate::once()
+    }
+}
+
+/// Remembers what it saw, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    lines: std::sync::Mutex<Vec<String>>,
+}
+
+impl ClientObserver for Seen {
+    fn event(&self, event: &ClientEvent, _now_ms: u64) {
+        if let ClientEvent::App(AppEvent::Message { id, .. }) = event {
+            self.lines.lock().unwrap().push(format!("message {id}"));
+        }
+    }
+
+    fn action(&self, action: &AppAction<'_>, _now_ms: u64) {
+        if let AppAction::SentText { id, .. } = action {
+            self.lines.lock().unwrap().push(format!("sent {id}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_ack_lost_by_the_tap_is_redelivered_and_the_app_sees_the_message_once() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let core = ServerConfig { ack_timeout_ms: 300, ..ServerConfig::default() };
+        let server = TestServer::start_with(ServerOptions::new(core, 1)).await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let bob_seen = std::sync::Arc::new(Seen::default());
+        let config = ClientConfig { resend_after_ms: 1_000, ..ClientConfig::new(bob_id.clone(), PRIMARY_DEVICE) };
+        let tap = std::sync::Arc::new(DropAcks { left: std::sync::Mutex::new(1), acks: std::sync::Mutex::new(0) });
+        let options = ClientOptions {
+            tap: Some(tap.clone()),
+            observer: Some(bob_seen.clone()),
+            ..ClientOptions::new(server.url.clone(), dir.path().join("bob.state"))
+        };
+        let mut bob = run_client(Client::new(config, 2, SystemClock.now_ms()), options, ChaCha20Rng::seed_from_u64(2));
+        wait_for(&mut bob, &mut Vec::new(), is_online).await;
+        let alice_seen = std::sync::Arc::new(Seen::default());
+        let config = ClientConfig { resend_after_ms: 1_000, ..ClientConfig::new(alice_id.clone(), PRIMARY_DEVICE) };
+        let options = ClientOptions {
+            observer: Some(alice_seen.clone()),
+            ..ClientOptions::new(server.url.clone(), dir.path().join("alice.state"))
+        };
+        let mut alice =
+            run_client(Client::new(config, 1, SystemClock.now_ms()), options, ChaCha20Rng::seed_from_u64(1));
+        let mut alice_events = Vec::new();
+        wait_for(&mut alice, &mut alice_events, is_online).await;
+
+        let id = alice.send_text(bob_id, b"ack me twice".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut alice, &mut alice_events, |e| status(e, id, DeliveryState::Delivered)).await;
+        // The first ack was lost: the server redelivered after its ack timeout.
+        let mut bob_events = Vec::new();
+        drain_for(&mut bob, &mut bob_events, Duration::from_millis(1_000)).await;
+        assert_eq!(messages_with(&bob_events, id), 1, "bob's events: {bob_events:?}");
+        assert_eq!(*tap.left.lock().unwrap(), 0, "the tap dropped nothing");
+        assert!(*tap.acks.lock().unwrap() >= 2, "no redelivery was acked again");
+        assert_eq!(*bob_seen.lines.lock().unwrap(), vec![format!("message {id}")]);
+        assert_eq!(*alice_seen.lines.lock().unwrap(), vec![format!("sent {id}")]);
+        server.stop().await;
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_taken_offline_stays_off_and_gets_the_message_once_back_online() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let mut bob_seen = Vec::new();
+        wait_for(&mut bob, &mut bob_seen, is_online).await;
+        bob.set_online(false).await.unwrap();
+        wait_for(&mut bob, &mut bob_seen, |e| matches!(e, ClientEvent::Offline { .. }).then_some(())).await;
+
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let id = alice.send_text(bob_id, b"later".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Sent)).await;
+        // Well past the reconnect backoff: bob did not come back by himself.
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(800)).await;
+        assert_eq!(messages_with(&bob_seen, id), 0, "{bob_seen:?}");
+        assert!(!bob_seen.iter().skip(2).any(|e| matches!(e, ClientEvent::Online)), "{bob_seen:?}");
+
+        bob.set_online(true).await.unwrap();
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        assert_eq!(body, b"later");
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(300)).await;
+        assert_eq!(messages_with(&bob_seen, id), 1);
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_restarts_from_its_save_and_gets_what_was_sent_meanwhile_once() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        wait_for(&mut bob, &mut Vec::new(), is_online).await;
+        bob.kill();
+        assert!(bob.shutdown().await.is_err(), "a killed task reports no clean stop");
+
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let id = alice.send_text(bob_id, b"after the crash".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Sent)).await;
+
+        let mut bob = start_client(&server, dir.path(), "bob", 99);
+        let mut bob_seen = Vec::new();
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        assert_eq!(body, b"after the crash");
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(300)).await;
+        assert_eq!(messages_with(&bob_seen, id), 1);
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        server.stop().await;
     })
     .await
     .expect("test timed out");
