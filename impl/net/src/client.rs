@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bluetick_core::client::{AppEvent, Client, ClientConfig, ClientError, RestoreError, SavedClient};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
-use bluetick_core::wire::{self, ClientFrame, ServerFrame};
+use bluetick_core::wire::{self, ClientFrame, ServerFrame, Visibility};
 use futures_util::{SinkExt, StreamExt};
 use rand_core::RngCore;
 use tokio::sync::{mpsc, oneshot};
@@ -271,6 +271,20 @@ enum Command {
         remove: Vec<UserId>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    SendMedia {
+        to: UserId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<MessageId, ClientError>>,
+    },
+    SetPresencePrivacy {
+        visibility: Visibility,
+        contacts: Vec<UserId>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    SubscribePresence {
+        users: Vec<UserId>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
     MarkRead {
         peer: UserId,
     },
@@ -383,6 +397,38 @@ impl ClientHandle {
         remove: Vec<UserId>,
     ) -> Result<Result<(), ClientError>, Stopped> {
         self.ask(|reply| Command::ChangeGroup { group, add, remove, reply }).await
+    }
+
+    /// Encrypts `bytes` as an attachment for `to` and queues it; returns the id
+    /// of the message that will carry its pointer (its ticks are those of a
+    /// text). The blob is uploaded whenever the client is online.
+    ///
+    /// # Errors
+    /// As [`ClientHandle::send_text`] (too large, media queue full…).
+    pub async fn send_media(&self, to: UserId, bytes: Vec<u8>) -> Result<Result<MessageId, ClientError>, Stopped> {
+        self.ask(|reply| Command::SendMedia { to, bytes, reply }).await
+    }
+
+    /// Sets who may see this user's presence; `contacts` is the list
+    /// [`Visibility::Contacts`] refers to. Persisted and sent after every login.
+    ///
+    /// # Errors
+    /// As [`ClientHandle::send_text`] (contact list too long).
+    pub async fn set_presence_privacy(
+        &self,
+        visibility: Visibility,
+        contacts: Vec<UserId>,
+    ) -> Result<Result<(), ClientError>, Stopped> {
+        self.ask(|reply| Command::SetPresencePrivacy { visibility, contacts, reply }).await
+    }
+
+    /// Replaces the users whose presence is followed (empty: nobody); each is
+    /// then reported as an [`AppEvent::Presence`], at once and on every change.
+    ///
+    /// # Errors
+    /// As [`ClientHandle::send_text`] (list too long).
+    pub async fn subscribe_presence(&self, users: Vec<UserId>) -> Result<Result<(), ClientError>, Stopped> {
+        self.ask(|reply| Command::SubscribePresence { users, reply }).await
     }
 
     /// Marks everything received from `peer` as read (Read receipts go out).
@@ -857,6 +903,17 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
                     observe(AppAction::ChangedGroup { group, add: &add, remove: &remove });
                 }
                 let _ = reply.send(result);
+            }
+            // Not reported to the observer: `AppAction` has no variants for
+            // these, and the simulator's oracle does not follow media or presence.
+            Command::SendMedia { to, bytes, reply } => {
+                let _ = reply.send(self.client.send_media(&to, &bytes, now));
+            }
+            Command::SetPresencePrivacy { visibility, contacts, reply } => {
+                let _ = reply.send(self.client.set_presence_privacy(visibility, &contacts, now));
+            }
+            Command::SubscribePresence { users, reply } => {
+                let _ = reply.send(self.client.subscribe_presence(&users, now));
             }
             Command::MarkRead { peer } => {
                 self.client.mark_read(&peer, now);

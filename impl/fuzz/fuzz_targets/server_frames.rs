@@ -1,0 +1,6 @@
+//! `server_frames`: see `bluetick_fuzz::server_harness` for what it feeds and checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    bluetick_fuzz::server_harness::run(data);
+});
