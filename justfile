@@ -36,3 +36,44 @@ vectors:
 # Longer property-test runs than CI does.
 props cases="2048":
     PROPTEST_CASES={{cases}} cargo test --workspace --release
+
+# Run one scenario through the simulator and write its report (e.g. `just sim scenarios/happy-path-1to1.toml`).
+sim scenario *args:
+    cargo run --release -- run {{scenario}} {{args}}
+
+# Model-check every property at the CI bounds.
+check *args:
+    cargo run --release -- check {{args}}
+
+# Model-check at the deep bounds (minutes; see model/README.md).
+check-deep *args:
+    cargo run --release -- check --deep {{args}}
+
+# The load generator against a running server (see `bluetick loadgen --help`).
+loadgen *args:
+    cargo run --release -- loadgen {{args}}
+
+# bluetick vs mosquitto on loopback, server and load generator pinned to separate cores.
+bench-net:
+    bash impl/loadgen/bench-net.sh
+
+# Turmoil-driver throughput (simulated deliveries per wall second).
+bench-sim:
+    cargo test --release -p bluetick-sim --test turmoil_bench -- --ignored --nocapture
+
+# More SIGKILL rounds of the real server under load than CI runs.
+crash rounds="20":
+    BLUETICK_CRASH_ROUNDS={{rounds}} cargo test --release -p bluetick --test crash_consistency -- --nocapture
+
+# Fuzz each cargo-fuzz target for `secs` seconds; new inputs -> impl/fuzz/work/, crashes -> impl/fuzz/artifacts/
+# (copy one into impl/fuzz/corpus/<target>/ and CI replays it as a regression).
+fuzz secs="120":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    if rustup toolchain list | grep -q '^nightly'; then tc=+nightly; else tc=; export RUSTC_BOOTSTRAP=1; fi
+    for t in wire_decode server_frames client_frames ratchet_decrypt sender_key_decrypt; do
+        mkdir -p impl/fuzz/work/$t
+        cargo $tc fuzz run -O -s none --fuzz-dir impl/fuzz $t impl/fuzz/work/$t impl/fuzz/corpus/$t -- \
+            -max_total_time={{secs}} -max_len=8192 -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20
+    done

@@ -1,14 +1,17 @@
 //! The `bluetick` command.
 //!
-//! `vectors` regenerates the crypto known-answer vectors; `serve` runs the chat
-//! server over WebSockets. The simulator (`run`, `sweep`), client (`chat`) and
-//! model checker (`check`) subcommands arrive with their issues; see README.md.
+//! `run` simulates a scenario file and writes its report (the main job);
+//! `check` model-checks the state machines; `serve` runs the chat server over
+//! WebSockets, `chat` is a terminal client for it and `loadgen` measures it;
+//! `vectors` regenerates the crypto known-answer vectors. See README.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod chat;
 
 /// Protocol simulator and verification harness for end-to-end encrypted messaging.
 #[derive(Parser)]
@@ -40,6 +43,31 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data: PathBuf,
     },
+    /// Run a scenario file through the deterministic simulator and write its
+    /// report; exit 0 when every invariant held, 1 on a violation, 2 on bad input.
+    Run(bluetick_sim::cli::RunArgs),
+    /// Model-check the real server and client state machines (stateright);
+    /// prints states explored, depth, time and a verdict per property.
+    Check(bluetick_model::cli::CheckArgs),
+    /// Drive a running server (bluetick or an MQTT peer) with real clients and
+    /// print throughput, latency percentiles, duplicates and reorders.
+    Loadgen(bluetick_loadgen::LoadgenArgs),
+    /// Chat as one user from the terminal: send to users and groups, watch each
+    /// message's ticks, see presence, send files. Reads commands line by line
+    /// from stdin (a pipe works too).
+    #[command(after_help = chat::COMMANDS_HELP)]
+    Chat {
+        /// The server's WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:7878/")]
+        server: String,
+        /// Your account name (a-z 0-9 _ . + -); registered on first use.
+        #[arg(long)]
+        user: String,
+        /// Directory for this user's device state, group names and downloads
+        /// [default: ./chat-data/<user>].
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +82,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { listen, data } => match serve(listen, &data) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run(args) => bluetick_sim::cli::cli_run(args),
+        Command::Check(args) => bluetick_model::cli::cli_check(args),
+        Command::Loadgen(args) => bluetick_loadgen::cli_loadgen(args),
+        Command::Chat { server, user, data } => match chat::run(chat::ChatArgs { server, user, data }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Loopback benchmark of `bluetick serve` against mosquitto, with the same
+# load generator and the same load shapes (issue 4, "Benchmark against real
+# peers"). Usage, from the workspace root:
+#
+#   impl/loadgen/bench-net.sh            # everything, three runs each, then a table
+#   RUNS=1 DURATION=5s impl/loadgen/bench-net.sh      # a quicker pass
+#   SERVERS="mosquitto bluetick-tmpfs" SCENARIOS="peak10 open20k" impl/loadgen/bench-net.sh
+#
+# Knobs (environment): RUNS (3), DURATION (10s per timed phase), SERVERS
+# (mosquitto bluetick-tmpfs bluetick-disk), SCENARIOS (peak10 peak100
+# open20k open2k drain200k idle10k), OPEN_RATE (20000), OPEN_RATE_LOW (2000:
+# latency at a load every server carries), DRAIN_MESSAGES (200000),
+# IDLE_CONNECTIONS (10000), SERVER_CORE (0), LOADGEN_CORE (1), OUT (a new
+# directory under target/bench-net).
+#
+# Servers and their durability when they acknowledge a message:
+# - mosquitto: Debian's defaults (persistence true, autosave every 1800 s):
+#   a PUBACK means "in memory"; a crash loses everything since the last
+#   snapshot. max_queued_messages is raised from 1,000 to 0 (unlimited) so
+#   the offline run can queue 200k, and max_inflight_messages from 20 to 100
+#   to match the load's 100 in flight.
+# - bluetick-disk: `bluetick serve` as shipped (the safest mode): every
+#   batch of store writes is one redb transaction committed with immediate
+#   durability (fsync) before the ack.
+# - bluetick-tmpfs: the same binary with --data on /dev/shm, the matching
+#   mode: redb still commits every batch, but fsync on tmpfs returns at once,
+#   so the ack means "in memory", as with mosquitto. (Stronger than
+#   mosquitto's: a killed server loses nothing, only a reboot does.)
+#
+# Fairness: the server runs pinned to SERVER_CORE and the load generator to
+# LOADGEN_CORE (taskset); every run starts a fresh server with empty state;
+# each number is the median of RUNS runs.
+#
+# Not here yet: NATS JetStream and Redis Streams (the secondary peers) need
+# their own load-generator targets.
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+SERVERS=${SERVERS:-"mosquitto bluetick-tmpfs bluetick-disk"}
+SCENARIOS=${SCENARIOS:-"peak10 peak100 open20k open2k drain200k idle10k"}
+OPEN_RATE=${OPEN_RATE:-20000}
+OPEN_RATE_LOW=${OPEN_RATE_LOW:-2000}
+DRAIN_MESSAGES=${DRAIN_MESSAGES:-200000}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+SERVER_CORE=${SERVER_CORE:-0}
+LOADGEN_CORE=${LOADGEN_CORE:-1}
+MQTT_PORT=${MQTT_PORT:-18830}
+BLUETICK_PORT=${BLUETICK_PORT:-17878}
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+OUT=${OUT:-"$root/target/bench-net/$(date +%Y%m%d-%H%M%S)"}
+mkdir -p "$OUT"
+results="$OUT/results.jsonl"
+: >"$results"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'bench-net: %s\n' "$*" >&2; exit 1; }
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "not root and no sudo: install mosquitto, jq and util-linux (taskset) yourself"
+    sudo="sudo"
+fi
+
+# --- tools -------------------------------------------------------------------
+need=()
+command -v taskset >/dev/null || need+=(util-linux)
+command -v jq >/dev/null || need+=(jq)
+case " $SERVERS " in *" mosquitto "*) [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;; esac
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    $sudo apt-get install -y "${need[@]}" || { $sudo apt-get update && $sudo apt-get install -y "${need[@]}"; }
+fi
+[ "$(nproc)" -ge 2 ] || say "warning: fewer than 2 cores; server and load generator will share one"
+
+# Room for IDLE_CONNECTIONS sockets on each side.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- build -------------------------------------------------------------------
+say "building bluetick and the load generator (release)"
+cargo build --release --quiet -p bluetick --bin bluetick
+if target/release/bluetick loadgen --help >/dev/null 2>&1; then
+    loadgen=(target/release/bluetick loadgen)
+else
+    cargo build --release --quiet -p bluetick-loadgen --example loadgen
+    loadgen=(target/release/examples/loadgen)
+fi
+say "load generator: ${loadgen[*]}"
+
+# --- servers -----------------------------------------------------------------
+server_pid=""
+server_dirs=()
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    for d in "${server_dirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$server_pid" 2>/dev/null || die "the server exited at start; see $OUT/server.log"
+        sleep 0.1
+    done
+    die "nothing listens on 127.0.0.1:$1 after 10 s; see $OUT/server.log"
+}
+
+# start_server NAME: starts a fresh server pinned to SERVER_CORE; sets
+# server_pid and target_args.
+start_server() {
+    local dir
+    case "$1" in
+        mosquitto)
+            dir=$(mktemp -d "$OUT/mosquitto.XXXX")
+            server_dirs+=("$dir")
+            cat >"$dir/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $dir/
+autosave_interval 1800
+max_queued_messages 0
+max_inflight_messages 100
+log_dest none
+EOF
+            taskset -c "$SERVER_CORE" /usr/sbin/mosquitto -c "$dir/mosquitto.conf" >"$OUT/server.log" 2>&1 &
+            server_pid=$!
+            wait_port "$MQTT_PORT"
+            target_args=(--target mqtt --server "127.0.0.1:$MQTT_PORT")
+            ;;
+        bluetick-disk | bluetick-tmpfs)
+            if [ "$1" = bluetick-tmpfs ]; then
+                dir=$(mktemp -d /dev/shm/bench-net-bluetick.XXXX)
+            else
+                dir=$(mktemp -d "$OUT/bluetick-data.XXXX")
+            fi
+            server_dirs+=("$dir")
+            taskset -c "$SERVER_CORE" target/release/bluetick serve --listen "127.0.0.1:$BLUETICK_PORT" \
+                --data "$dir" >"$OUT/server.log" 2>&1 &
+            server_pid=$!
+            wait_port "$BLUETICK_PORT"
+            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm)
+            ;;
+        *) die "unknown server $1 (mosquitto, bluetick-disk, bluetick-tmpfs)" ;;
+    esac
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+    for d in "${server_dirs[@]}"; do rm -rf "$d"; done
+    server_dirs=()
+}
+
+scenario_args() {
+    case "$1" in
+        peak10) echo "--clients 10 --rate 0 --in-flight 100 --duration $DURATION" ;;
+        peak100) echo "--clients 100 --rate 0 --in-flight 100 --duration $DURATION" ;;
+        # A server slower than the offered rate queues the excess; the long
+        # drain timeout lets it finish so latency, not loss, shows it.
+        open20k) echo "--clients 100 --rate $OPEN_RATE --duration $DURATION --drain-timeout 5m" ;;
+        open2k) echo "--clients 100 --rate $OPEN_RATE_LOW --duration $DURATION --drain-timeout 5m" ;;
+        drain200k) echo "--clients 100 --offline-ratio 1 --rate 0 --in-flight 100 --messages $DRAIN_MESSAGES --duration 10m --drain-timeout 10m" ;;
+        idle10k) echo "--idle --clients $IDLE_CONNECTIONS --duration 5s" ;;
+        *) die "unknown scenario $1" ;;
+    esac
+}
+
+# --- runs --------------------------------------------------------------------
+for server in $SERVERS; do
+    for scenario in $SCENARIOS; do
+        runs=$RUNS
+        [ "$scenario" = idle10k ] && runs=1
+        for run in $(seq 1 "$runs"); do
+            start_server "$server"
+            say "$server $scenario run $run/$runs"
+            # shellcheck disable=SC2046 # the scenario's flags are words on purpose
+            line=$(taskset -c "$LOADGEN_CORE" "${loadgen[@]}" "${target_args[@]}" $(scenario_args "$scenario") \
+                --size 1024 --seed "$run" --server-pid "$server_pid" --json 2>>"$OUT/loadgen.log") || true
+            stop_server
+            if [ -z "$line" ]; then
+                say "  no report (see $OUT/loadgen.log)"
+                continue
+            fi
+            echo "$line" | jq -c --arg s "$server" --arg c "$scenario" --argjson r "$run" \
+                '. + {bench_server: $s, scenario: $c, run: $r}' >>"$results"
+            echo "$line" | jq -r '"  \(.delivered_per_s|floor) msgs/s delivered, p50 \(.latency.p50_us/1000) ms, p99 \(.latency.p99_us/1000) ms, drain \(.drain.per_s // "-"), idle B/conn \(.idle_bytes_per_connection // "-"), dup \(.duplicates) reord \(.reorders) lost \(.lost) errors \(.error_count)"' >&2
+        done
+    done
+done
+
+# --- table -------------------------------------------------------------------
+# median SERVER SCENARIO JQ_EXPR: the median over runs, or "-".
+median() {
+    local values n
+    values=$(jq -r --arg s "$1" --arg c "$2" "select(.bench_server == \$s and .scenario == \$c) | $3 // empty" "$results" | sort -g)
+    n=$(printf '%s\n' "$values" | grep -c . || true)
+    if [ "$n" -eq 0 ]; then echo "-"; return; fi
+    printf '%s\n' "$values" | sed -n "$(((n + 1) / 2))p" | awk '{ printf "%.0f", $1 }'
+}
+ms() { if [ "$1" = "-" ]; then echo "-"; else awk -v us="$1" 'BEGIN { printf "%.1f ms", us / 1000 }'; fi; }
+
+{
+    echo
+    echo "Median of $RUNS runs; 1 KiB messages; server on core $SERVER_CORE, loadgen on core $LOADGEN_CORE; $(date -u +%Y-%m-%dT%H:%MZ)"
+    printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s\n' server "peak 10 pairs" "peak 100 pairs" \
+        "p99 peak 100" "p99 @ $OPEN_RATE/s" "delivered/s @ $OPEN_RATE" "p99 @ $OPEN_RATE_LOW/s" "drain msgs/s" "idle B/conn"
+    for server in $SERVERS; do
+        printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s\n' "$server" \
+            "$(median "$server" peak10 .delivered_per_s)" \
+            "$(median "$server" peak100 .delivered_per_s)" \
+            "$(ms "$(median "$server" peak100 .latency.p99_us)")" \
+            "$(ms "$(median "$server" open20k .latency.p99_us)")" \
+            "$(median "$server" open20k .delivered_per_s)" \
+            "$(ms "$(median "$server" open2k .latency.p99_us)")" \
+            "$(median "$server" drain200k .drain.per_s)" \
+            "$(median "$server" idle10k .idle_bytes_per_connection)"
+    done
+    echo
+    echo "duplicates / reorders / lost over all runs:"
+    jq -r '"  \(.bench_server) \(.scenario) run \(.run): \(.duplicates) / \(.reorders) / \(.lost)"' "$results"
+} | tee "$OUT/table.txt"
+say "results in $OUT (results.jsonl, table.txt, loadgen.log)"
