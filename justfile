@@ -77,3 +77,7 @@ fuzz secs="120":
         cargo $tc fuzz run -O -s none --fuzz-dir impl/fuzz $t impl/fuzz/work/$t impl/fuzz/corpus/$t -- \
             -max_total_time={{secs}} -max_len=8192 -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20
     done
+
+# Every bundled scenario on its default seed, the heavy ones included (release).
+sim-scenarios:
+    cargo test --release -p bluetick-sim --test scenarios -- --include-ignored

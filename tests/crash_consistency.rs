@@ -221,7 +221,7 @@ fn every_acked_message_survives_sigkill_and_none_is_shown_twice() {
     while !delivered_all() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         polls += 1;
-        if polls % 20 == 0 {
+        if polls.is_multiple_of(20) {
             let s = seen.lock().unwrap();
             eprintln!("settling: {} of {} sent shown", s.shown.len(), s.sent.len());
         }

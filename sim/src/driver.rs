@@ -12,10 +12,43 @@
 //! Methods that name a user the driver does not know do nothing and return
 //! `None`/`false` (the scenario validator rejects such files first).
 
+use bluetick_core::client::ClientBugs;
 use bluetick_core::ids::{GroupId, MessageId, UserId};
+use bluetick_core::server::ServerConfig;
+use bluetick_core::wire::Visibility;
 pub use bluetick_core::world::faults::{Direction, FrameFault, TraceEvent};
 use bluetick_core::world::oracle::{History, Violation};
 use bluetick_core::world::Faults;
+
+/// Everything a driver needs to build a run: the same for both drivers, so
+/// one scenario means the same thing on either.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Seed of the driver's own randomness (keys, network draws).
+    pub seed: u64,
+    /// The users, one device each.
+    pub users: Vec<UserId>,
+    /// Background network faults at the start.
+    pub faults: Faults,
+    /// Server tunables and deliberate server bugs.
+    pub server: ServerConfig,
+    /// Deliberate client bugs, applied to every client.
+    pub client_bugs: ClientBugs,
+    /// A client with unsent work retries after this long.
+    pub resend_after_ms: u64,
+    /// A disconnected online user reconnects after this long.
+    pub reconnect_after_ms: u64,
+}
+
+/// A driver was asked for something it cannot do (yet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {driver} driver does not support {what} in this build")]
+pub struct Unsupported {
+    /// The driver.
+    pub driver: &'static str,
+    /// The capability.
+    pub what: &'static str,
+}
 
 /// Something that executes a scenario. See the module docs for the call order.
 pub trait Driver {
@@ -66,4 +99,46 @@ pub trait Driver {
     fn history(&self) -> &History;
     /// The deterministic trace so far.
     fn trace(&self) -> Vec<TraceEvent>;
+
+    // ----- added capabilities: the defaults say "unsupported", so a driver
+    // that predates them keeps compiling and the runner reports it cleanly.
+
+    /// The trace without copying it, for a driver that keeps it in memory
+    /// (long runs have millions of lines); `None` makes the runner use
+    /// [`Driver::trace`].
+    fn trace_slice(&self) -> Option<&[TraceEvent]> {
+        None
+    }
+
+    /// `from` sends an attachment of `bytes` to `to`; the id, if the client accepted it.
+    fn send_media(&mut self, from: &UserId, to: &UserId, bytes: &[u8]) -> Result<Option<MessageId>, Unsupported> {
+        let _ = (from, to, bytes);
+        Err(Unsupported { driver: self.name(), what: "media messages" })
+    }
+    /// `reader` opens the conversation of `group` (everything received is read).
+    fn mark_group_read(&mut self, reader: &UserId, group: GroupId) -> Result<(), Unsupported> {
+        let _ = (reader, group);
+        Err(Unsupported { driver: self.name(), what: "reading group conversations" })
+    }
+    /// `owner` sets who may see its presence; `contacts` is its contact list.
+    fn set_presence_privacy(
+        &mut self,
+        owner: &UserId,
+        visibility: Visibility,
+        contacts: &[UserId],
+    ) -> Result<(), Unsupported> {
+        let _ = (owner, visibility, contacts);
+        Err(Unsupported { driver: self.name(), what: "presence privacy" })
+    }
+    /// `subscriber` follows the presence of `targets`.
+    fn subscribe_presence(&mut self, subscriber: &UserId, targets: &[UserId]) -> Result<(), Unsupported> {
+        let _ = (subscriber, targets);
+        Err(Unsupported { driver: self.name(), what: "presence subscriptions" })
+    }
+    /// An adversary copies `user`'s device state (the forward-secrecy check
+    /// then tries it against what the device had already received).
+    fn compromise(&mut self, user: &UserId) -> Result<(), Unsupported> {
+        let _ = user;
+        Err(Unsupported { driver: self.name(), what: "device compromise" })
+    }
 }

@@ -1,3 +1,26 @@
 //! bluetick-sim: scenario files, drivers, oracle verdicts and reports.
+//!
+//! # Contract
+//! A run is a function of its scenario file, seed and crate version: no
+//! clock reads, no OS randomness, no hash-ordered collections inside (wall
+//! time is only printed by the command line, never written). Same seed ⇒
+//! byte-identical `trace.jsonl` and `report.json`.
+//!
+//! # Layout
+//! - [`scenario`]: the TOML format (model, parse, validate, resolve), with
+//!   `file:line:column: field: message` errors.
+//! - [`driver`]: the [`driver::Driver`] trait both drivers implement.
+//! - [`direct`]: the direct driver over the core's in-process `World`.
+//! - [`invariants`]: the invariants judged and when each applies.
+//! - [`run`]: one run: plan → driver → quiesce → verdicts, guards, latency, `trace_hash`.
+//! - [`report`]: `report.json`, `report.md`, `trace.jsonl`.
+//! - [`cli`]: `bluetick run` (`RunArgs`, `cli_run`).
 
+pub mod cli;
+pub mod direct;
 pub mod driver;
+pub mod invariants;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod turmoil;

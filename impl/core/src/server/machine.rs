@@ -454,12 +454,16 @@ impl Server {
         Ok(s)
     }
 
-    /// Feeds the server's whole state, durable and volatile, into `hasher`
-    /// canonically: equal states feed equal bytes. Counters ([`ServerStats`])
-    /// are left out because they never change what the server does next, and
-    /// a model checker that hashed them would tell apart states that behave
-    /// the same. (`Server` cannot derive `Hash`: its parts hold an RNG and
-    /// maps of records that do not implement it.)
+    /// Feeds the server's state, durable and volatile, into `hasher`
+    /// canonically: equal states feed equal bytes. Left out, because a model
+    /// checker that hashed them would tell apart states that behave the same:
+    /// counters ([`ServerStats`]), which never change what the server does
+    /// next, and each connection's rate-limit bucket, which differs with
+    /// every frame received yet changes nothing until a connection nears
+    /// [`FRAMES_BURST_MAX`] frames (a checker relying on this must stay far
+    /// below that, or watch for `LimitExceeded` refusals). (`Server` cannot
+    /// derive `Hash`: its parts hold an RNG and maps of records that do not
+    /// implement it.)
     pub fn hash_state<H: std::hash::Hasher>(&self, hasher: &mut H) {
         let durable = (
             &self.config,
@@ -490,8 +494,6 @@ impl Server {
                     hasher.write(&enc(addr));
                 }
             }
-            hasher.write_u64(c.bucket.milli_tokens);
-            hasher.write_u64(c.bucket.at_ms);
             hasher.write_u32(c.errors);
         }
         hasher.write_usize(self.out.len());

@@ -1,0 +1,192 @@
+//! The named configurations: what `bluetick check` (CI bounds) and
+//! `bluetick check --deep` explore, and the known-weakness configurations the
+//! tests expect counterexamples from.
+//!
+//! Each configuration targets a few properties with the smallest setting
+//! that exercises them: sessions are established during warm-up where X3DH
+//! is not the point, so real crypto is paid only where it matters.
+
+use crate::config::{AdversaryPowers, AppStep, FaultBudget, ModelConfig, NetworkMode, Timing};
+use crate::properties::Check;
+
+fn names(checks: &[Check]) -> Vec<&'static str> {
+    checks.iter().map(|c| c.name()).collect()
+}
+
+/// Delivery under faults: messages with established sessions, loss,
+/// duplication and one crash of each side; checks exactly-once,
+/// at-least-once (after a quiesce), ticks and the server's store.
+/// `messages` is 2 or 3 (alice sends all but the last, bob the last).
+pub fn delivery(messages: usize) -> ModelConfig {
+    let mut c = ModelConfig::base(&format!("delivery-{messages}"), 2);
+    let alice: Vec<AppStep> = (1..messages.max(2)).map(|_| AppStep::Send { to: 1 }).collect();
+    c.scripts = vec![alice, vec![AppStep::Send { to: 0 }]];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.faults = FaultBudget { drops: 1, duplicates: 1, client_crashes: 1, server_crashes: 1, disconnects: 0 };
+    c.quiesce_steps = Some(80);
+    c.checks = names(&[
+        Check::ExactlyOnce,
+        Check::AtLeastOnce,
+        Check::StatusMonotone,
+        Check::StatusTruthful,
+        Check::NoPlaintext,
+        Check::PrekeyOnce,
+        Check::Redelivery,
+        Check::Dedup,
+    ]);
+    c
+}
+
+/// Delivery with reordering: any frame in flight may overtake another.
+pub fn reorder() -> ModelConfig {
+    let mut c = delivery(2);
+    c.name = "reorder-2".into();
+    c.network = NetworkMode::Reorder;
+    c.faults = FaultBudget { drops: 1, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c
+}
+
+/// First contact with real X3DH: alice fetches bob's bundle (a one-time
+/// prekey), both send, and the adversary may steal either device's state at
+/// any point — the stolen copy must decrypt nothing already received.
+pub fn handshake() -> ModelConfig {
+    let mut c = ModelConfig::base("handshake", 2);
+    c.scripts = vec![vec![AppStep::Send { to: 1 }], vec![AppStep::Send { to: 0 }]];
+    c.faults = FaultBudget { drops: 0, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c.adversary = AdversaryPowers { steal: true, ..AdversaryPowers::default() };
+    c.checks = names(&[
+        Check::PrekeyOnce,
+        Check::ForwardSecrecy,
+        Check::ExactlyOnce,
+        Check::NoPlaintext,
+        Check::DhStep,
+        Check::Theft,
+    ]);
+    c
+}
+
+/// An offline recipient: bob may go offline for longer than the TTL, so the
+/// message expires and alice must be told.
+pub fn expiry() -> ModelConfig {
+    let mut c = ModelConfig::base("expiry", 2);
+    c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.faults = FaultBudget { drops: 0, duplicates: 0, client_crashes: 0, server_crashes: 1, disconnects: 1 };
+    c.timing = Timing::SHORT_TTL;
+    c.quiesce_steps = Some(80);
+    c.checks = names(&[
+        Check::AtLeastOnce,
+        Check::ExactlyOnce,
+        Check::StatusMonotone,
+        Check::StatusTruthful,
+        Check::TtlExpiry,
+    ]);
+    c
+}
+
+/// A group: alice creates it with bob, sends, removes bob, sends again;
+/// bob, keeping his state, must not read the second message.
+pub fn group_removal() -> ModelConfig {
+    let mut c = ModelConfig::base("group-removal", 2);
+    c.scripts = vec![
+        vec![
+            AppStep::CreateGroup { members: vec![1] },
+            AppStep::SendGroup { group: 0 },
+            AppStep::RemoveMember { group: 0, member: 1 },
+            AppStep::SendGroup { group: 0 },
+        ],
+        Vec::new(),
+    ];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.faults = FaultBudget { drops: 0, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c.checks = names(&[
+        Check::RemovedMemberCannotRead,
+        Check::ExactlyOnce,
+        Check::NoPlaintext,
+        Check::GroupChangesSigned,
+        Check::StatusMonotone,
+    ]);
+    c
+}
+
+/// A malicious server tries to add a ghost (carol) to alice's group without
+/// alice's signature; the server must refuse, and the ghost must not read.
+pub fn ghost() -> ModelConfig {
+    let mut c = ModelConfig::base("ghost", 2);
+    c.scripts = vec![vec![AppStep::CreateGroup { members: vec![1] }, AppStep::SendGroup { group: 0 }], Vec::new()];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.adversary = AdversaryPowers { inject_ghost: true, ..AdversaryPowers::default() };
+    c.reads = false;
+    c.checks = names(&[Check::GroupChangesSigned, Check::GhostCannotRead, Check::ExactlyOnce]);
+    c
+}
+
+/// Known weakness: a device restored from an old backup that the thief also
+/// holds rolls its ratchets and its RNG back, and seals new messages under
+/// message keys the thief knows (Cremers, Medinger, Naska, S&P 2025).
+pub fn weakness_old_backup() -> ModelConfig {
+    let mut c = ModelConfig::base("weakness-old-backup", 2);
+    c.scripts = vec![vec![AppStep::Send { to: 1 }, AppStep::Send { to: 1 }], vec![AppStep::Send { to: 0 }]];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.reads = false;
+    c.adversary = AdversaryPowers { steal: true, restore_backup: true, inject_ghost: false };
+    c.checks = names(&[Check::NoKeyReuse, Check::ForwardSecrecy, Check::Theft]);
+    c
+}
+
+/// Known weakness: sender keys do not heal. After bob's state is stolen and
+/// bob's pairwise session with alice has healed, alice's later group
+/// messages (same sender key, no rotation) are still readable by the thief.
+pub fn weakness_sender_keys() -> ModelConfig {
+    let mut c = ModelConfig::base("weakness-sender-keys", 2);
+    c.scripts = vec![
+        vec![
+            AppStep::CreateGroup { members: vec![1] },
+            AppStep::SendGroup { group: 0 },
+            AppStep::SendGroup { group: 0 },
+        ],
+        vec![AppStep::Send { to: 0 }],
+    ];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.reads = false;
+    c.adversary = AdversaryPowers { steal: true, ..AdversaryPowers::default() };
+    c.checks = names(&[Check::Healing, Check::ForwardSecrecy, Check::Theft]);
+    c
+}
+
+/// Known weakness: server-controlled membership. With the server accepting
+/// unsigned group changes, the ghost lands in the server's member list and
+/// receives every group ciphertext.
+pub fn weakness_server_membership() -> ModelConfig {
+    let mut c = ghost().with_unsigned_group_changes();
+    c.name = "weakness-server-membership".into();
+    c
+}
+
+/// The configurations `bluetick check` runs (CI bounds, all must pass).
+pub fn ci() -> Vec<ModelConfig> {
+    vec![delivery(2), reorder(), handshake(), expiry(), group_removal(), ghost()]
+}
+
+/// The configurations `bluetick check --deep` runs.
+pub fn deep() -> Vec<ModelConfig> {
+    let mut d3 = delivery(3);
+    d3.name = "delivery-3".into();
+    let mut r = reorder();
+    r.faults.client_crashes = 1;
+    r.faults.server_crashes = 1;
+    r.name = "reorder-2-crashes".into();
+    let mut h = handshake();
+    h.faults.drops = 1;
+    h.name = "handshake-loss".into();
+    vec![d3, r, h, expiry(), group_removal(), ghost()]
+}
+
+/// The known-weakness configurations (each must produce a counterexample).
+pub fn weaknesses() -> Vec<(ModelConfig, Check)> {
+    vec![
+        (weakness_old_backup(), Check::NoKeyReuse),
+        (weakness_sender_keys(), Check::Healing),
+        (weakness_server_membership(), Check::GroupChangesSigned),
+    ]
+}
