@@ -13,16 +13,19 @@ fn names(checks: &[Check]) -> Vec<&'static str> {
     checks.iter().map(|c| c.name()).collect()
 }
 
-/// Delivery under faults: messages with established sessions, loss,
-/// duplication and one crash of each side; checks exactly-once,
-/// at-least-once (after a quiesce), ticks and the server's store.
-/// `messages` is 2 or 3 (alice sends all but the last, bob the last).
-pub fn delivery(messages: usize) -> ModelConfig {
-    let mut c = ModelConfig::base(&format!("delivery-{messages}"), 2);
-    let alice: Vec<AppStep> = (1..messages.max(2)).map(|_| AppStep::Send { to: 1 }).collect();
-    c.scripts = vec![alice, vec![AppStep::Send { to: 0 }]];
+/// Delivery under faults with established sessions: alice sends `messages`
+/// texts to bob (every other one goes the other way), apps read, and the
+/// network may lose and duplicate frames; `client_crashes` and
+/// `server_crashes` crashes are allowed. Checks exactly-once, at-least-once
+/// (after a quiesce), the ticks and the server's store.
+pub fn delivery_with(name: &str, messages: usize, faults: FaultBudget, reads: bool) -> ModelConfig {
+    let mut c = ModelConfig::base(name, 2);
+    let alice: Vec<AppStep> = (0..messages.div_ceil(2)).map(|_| AppStep::Send { to: 1 }).collect();
+    let bob: Vec<AppStep> = (0..messages / 2).map(|_| AppStep::Send { to: 0 }).collect();
+    c.scripts = vec![alice, bob];
     c.warm_up = vec![(0, 1), (1, 0)];
-    c.faults = FaultBudget { drops: 1, duplicates: 1, client_crashes: 1, server_crashes: 1, disconnects: 0 };
+    c.reads = reads;
+    c.faults = faults;
     c.quiesce_steps = Some(80);
     c.checks = names(&[
         Check::ExactlyOnce,
@@ -31,18 +34,48 @@ pub fn delivery(messages: usize) -> ModelConfig {
         Check::StatusTruthful,
         Check::NoPlaintext,
         Check::PrekeyOnce,
-        Check::Redelivery,
-        Check::Dedup,
     ]);
     c
 }
 
-/// Delivery with reordering: any frame in flight may overtake another.
+fn faults(drops: u8, duplicates: u8, client_crashes: u8, server_crashes: u8) -> FaultBudget {
+    FaultBudget { drops, duplicates, client_crashes, server_crashes, disconnects: 0 }
+}
+
+/// One message under loss and duplication, with reads (CI).
+pub fn delivery(messages: usize) -> ModelConfig {
+    let mut c = delivery_with(&format!("delivery-{messages}"), messages, faults(1, 1, 0, 0), true);
+    c.checks.extend(names(&[Check::Redelivery, Check::Dedup, Check::DhStep]));
+    c
+}
+
+/// One message and one client crash (CI).
+pub fn client_crash() -> ModelConfig {
+    let mut c = delivery_with("client-crash", 1, faults(0, 0, 1, 0), true);
+    c.checks.extend(names(&[Check::Redelivery, Check::Dedup]));
+    c
+}
+
+/// One message and one server crash (CI).
+pub fn server_crash() -> ModelConfig {
+    let mut c = delivery_with("server-crash", 1, faults(0, 0, 0, 1), false);
+    c.checks.extend(names(&[Check::Redelivery]));
+    c
+}
+
+/// Delivery with reordering: any frame in flight may overtake another (CI).
 pub fn reorder() -> ModelConfig {
-    let mut c = delivery(2);
-    c.name = "reorder-2".into();
+    let mut c = delivery_with("reorder", 1, faults(0, 1, 0, 0), false);
     c.network = NetworkMode::Reorder;
-    c.faults = FaultBudget { drops: 1, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c.checks.extend(names(&[Check::Dedup]));
+    c
+}
+
+/// The goal: `messages` messages with loss, duplication and one
+/// crash of each side (deep runs; far beyond what CI can explore).
+pub fn goal(messages: usize) -> ModelConfig {
+    let mut c = delivery_with(&format!("goal-{messages}"), messages, faults(1, 1, 1, 1), true);
+    c.checks.extend(names(&[Check::Redelivery, Check::Dedup]));
     c
 }
 
@@ -51,17 +84,9 @@ pub fn reorder() -> ModelConfig {
 /// any point — the stolen copy must decrypt nothing already received.
 pub fn handshake() -> ModelConfig {
     let mut c = ModelConfig::base("handshake", 2);
-    c.scripts = vec![vec![AppStep::Send { to: 1 }], vec![AppStep::Send { to: 0 }]];
-    c.faults = FaultBudget { drops: 0, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
     c.adversary = AdversaryPowers { steal: true, ..AdversaryPowers::default() };
-    c.checks = names(&[
-        Check::PrekeyOnce,
-        Check::ForwardSecrecy,
-        Check::ExactlyOnce,
-        Check::NoPlaintext,
-        Check::DhStep,
-        Check::Theft,
-    ]);
+    c.checks = names(&[Check::PrekeyOnce, Check::ForwardSecrecy, Check::ExactlyOnce, Check::NoPlaintext, Check::Theft]);
     c
 }
 
@@ -71,8 +96,11 @@ pub fn expiry() -> ModelConfig {
     let mut c = ModelConfig::base("expiry", 2);
     c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
     c.warm_up = vec![(0, 1), (1, 0)];
-    c.faults = FaultBudget { drops: 0, duplicates: 0, client_crashes: 0, server_crashes: 1, disconnects: 1 };
-    c.timing = Timing::SHORT_TTL;
+    c.faults = FaultBudget { drops: 0, duplicates: 0, client_crashes: 0, server_crashes: 0, disconnects: 1 };
+    // The horizon stops short of twice the TTL: an expiry notice, itself
+    // queued with the TTL, cannot expire in turn (that is a separate finding,
+    // `finding_expiry_notice_expires`).
+    c.timing = Timing { horizon_ms: 2 * Timing::SHORT_TTL.ttl_ms - 1, ..Timing::SHORT_TTL };
     c.quiesce_steps = Some(80);
     c.checks = names(&[
         Check::AtLeastOnce,
@@ -98,7 +126,7 @@ pub fn group_removal() -> ModelConfig {
         Vec::new(),
     ];
     c.warm_up = vec![(0, 1), (1, 0)];
-    c.faults = FaultBudget { drops: 0, duplicates: 1, client_crashes: 0, server_crashes: 0, disconnects: 0 };
+    c.reads = false;
     c.checks = names(&[
         Check::RemovedMemberCannotRead,
         Check::ExactlyOnce,
@@ -163,23 +191,38 @@ pub fn weakness_server_membership() -> ModelConfig {
     c
 }
 
-/// The configurations `bluetick check` runs (CI bounds, all must pass).
-pub fn ci() -> Vec<ModelConfig> {
-    vec![delivery(2), reorder(), handshake(), expiry(), group_removal(), ghost()]
+/// Finding: an expiry notice is queued for the sender with the same TTL as
+/// the message; a sender offline for that long after the expiry never
+/// learns that its message was dropped. The checker finds the silent loss as
+/// an at-least-once counterexample.
+pub fn finding_expiry_notice_expires() -> ModelConfig {
+    let mut c = ModelConfig::base("finding-expiry-notice-expires", 2);
+    c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
+    c.warm_up = vec![(0, 1), (1, 0)];
+    c.reads = false;
+    c.faults = FaultBudget { disconnects: 2, ..FaultBudget::default() };
+    c.timing = Timing::SHORT_TTL;
+    c.quiesce_steps = Some(80);
+    c.checks = names(&[Check::AtLeastOnce, Check::TtlExpiry]);
+    c
 }
 
-/// The configurations `bluetick check --deep` runs.
+/// The configurations `bluetick check` runs (CI bounds, all must pass).
+pub fn ci() -> Vec<ModelConfig> {
+    vec![delivery(1), client_crash(), server_crash(), reorder(), handshake(), expiry(), group_removal(), ghost()]
+}
+
+/// The configurations `bluetick check --deep` runs (depth first, each cut
+/// off by the time limit if it has one).
 pub fn deep() -> Vec<ModelConfig> {
-    let mut d3 = delivery(3);
-    d3.name = "delivery-3".into();
-    let mut r = reorder();
-    r.faults.client_crashes = 1;
-    r.faults.server_crashes = 1;
-    r.name = "reorder-2-crashes".into();
+    let mut lossy = delivery_with("delivery-2-lossy", 2, faults(1, 1, 0, 0), true);
+    lossy.checks.extend(names(&[Check::Redelivery, Check::Dedup]));
+    let mut crashes = delivery_with("delivery-1-all-faults", 1, faults(1, 1, 1, 1), true);
+    crashes.checks.extend(names(&[Check::Redelivery, Check::Dedup]));
     let mut h = handshake();
     h.faults.drops = 1;
     h.name = "handshake-loss".into();
-    vec![d3, r, h, expiry(), group_removal(), ghost()]
+    vec![crashes, lossy, goal(2), goal(3), h, expiry(), group_removal(), ghost()]
 }
 
 /// The known-weakness configurations (each must produce a counterexample).
@@ -188,5 +231,6 @@ pub fn weaknesses() -> Vec<(ModelConfig, Check)> {
         (weakness_old_backup(), Check::NoKeyReuse),
         (weakness_sender_keys(), Check::Healing),
         (weakness_server_membership(), Check::GroupChangesSigned),
+        (finding_expiry_notice_expires(), Check::AtLeastOnce),
     ]
 }

@@ -286,7 +286,7 @@ pub struct History {
     pub envelopes: Vec<(u8, Frame)>,
     /// Groups created, in order, with their admin.
     pub groups: Vec<(GroupId, u8)>,
-    /// Members each group's admin signed in.
+    /// Members each group's admin ever signed in.
     pub signed_members: BTreeMap<GroupId, BTreeSet<u8>>,
     /// (group, member) removals the admin made.
     pub removed: BTreeSet<(GroupId, u8)>,
@@ -949,7 +949,8 @@ impl<'s> Exec<'s> {
                     let h = Arc::make_mut(&mut self.st.hist);
                     let members = h.signed_members.get(&g).cloned().unwrap_or_default();
                     let after_removal = h.removed.iter().any(|(rg, _)| *rg == g);
-                    let to = members.into_iter().filter(|m| usize::from(*m) != i).collect();
+                    let to =
+                        members.into_iter().filter(|m| usize::from(*m) != i && !h.removed.contains(&(g, *m))).collect();
                     h.sent.insert(id, SentMsg { from: i as u8, to, n, group: Some(group as u8), after_removal });
                 }
                 self.after_client(i);
@@ -957,11 +958,10 @@ impl<'s> Exec<'s> {
             AppStep::RemoveMember { group, member } => {
                 let Some(&g) = self.st.hist.groups.get(group).map(|(g, _)| g) else { return };
                 self.notes.add(|| format!("{}'s app removes {} from group {group}", name(i), name(member)));
-                let h = Arc::make_mut(&mut self.st.hist);
-                h.removed.insert((g, member as u8));
-                if let Some(m) = h.signed_members.get_mut(&g) {
-                    m.remove(&(member as u8));
-                }
+                // `signed_members` keeps the member: it lists everyone the
+                // admin ever signed in, and the server may list them until
+                // the removal reaches it.
+                Arc::make_mut(&mut self.st.hist).removed.insert((g, member as u8));
                 self.app_input(i, AppInput::Remove { group: g, member: self.setup.user(member) });
                 self.after_client(i);
             }

@@ -29,7 +29,7 @@ fn caught(clean: ModelConfig, buggy: ModelConfig, check: Check) -> Vec<String> {
 
 /// Alice sends one message to bob over established sessions, with `faults`.
 fn one_message(faults: FaultBudget) -> ModelConfig {
-    let mut c = suite::delivery(2);
+    let mut c = suite::delivery(1);
     c.name = "one-message".into();
     c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
     c.faults = faults;
@@ -67,9 +67,8 @@ fn leaked_plaintext_reaches_the_store_and_no_plaintext_catches_it() {
 #[test]
 fn latest_receipt_wins_turns_ticks_back_and_status_monotone_catches_it() {
     let mut c = suite::reorder();
-    c.name = "reorder-one-message".into();
-    c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
     c.faults = NO_FAULTS;
+    c.reads = true;
     caught(c.clone(), c.with_client_bug(ClientBug::LatestReceiptWins), Check::StatusMonotone);
 }
 

@@ -6,7 +6,6 @@
 //! `weak-keep-used-keys` feature (`cargo test -p bluetick-model --features
 //! weak-keep-used-keys`), both checks must produce counterexamples.
 
-use bluetick_model::config::{AppStep, FaultBudget};
 use bluetick_model::properties::Check;
 use bluetick_model::run::{run, RunOptions, Verdict};
 use bluetick_model::suite;
@@ -18,8 +17,6 @@ const WEAK: bool = cfg!(feature = "weak-keep-used-keys");
 fn a_stolen_device_decrypts_nothing_it_had_received() {
     let mut c = suite::handshake();
     c.name = "handshake-theft".into();
-    c.scripts = vec![vec![AppStep::Send { to: 1 }], Vec::new()];
-    c.faults = FaultBudget::default();
     c.checks = vec![Check::ForwardSecrecy.name(), Check::Theft.name()];
     if WEAK {
         let report = run(c, &RunOptions::hunt(Check::ForwardSecrecy)).unwrap();
