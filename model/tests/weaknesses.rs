@@ -16,6 +16,7 @@ fn attack_found(config: bluetick_model::config::ModelConfig, check: Check) -> Ve
 /// backup rolls its ratchet and its RNG back and seals new messages under
 /// message keys the holder of that backup knows.
 #[test]
+#[ignore = "minutes in debug under load; run with `cargo test --release -p bluetick-model --test weaknesses -- --ignored`"]
 fn a_device_restored_from_an_old_backup_reuses_message_keys_the_thief_knows() {
     let trace = attack_found(suite::weakness_old_backup(), Check::NoKeyReuse);
     assert!(trace.iter().any(|l| l.contains("restored from an old backup")), "{}", trace.join("\n"));
@@ -25,6 +26,7 @@ fn a_device_restored_from_an_old_backup_reuses_message_keys_the_thief_knows() {
 /// state reads the group's later messages even after that member's pairwise
 /// sessions healed.
 #[test]
+#[ignore = "minutes in debug under load; run with `cargo test --release -p bluetick-model --test weaknesses -- --ignored`"]
 fn sender_keys_do_not_heal_without_rotation() {
     let trace = attack_found(suite::weakness_sender_keys(), Check::Healing);
     assert!(trace.iter().any(|l| l.contains("healed")), "{}", trace.join("\n"));
@@ -35,6 +37,7 @@ fn sender_keys_do_not_heal_without_rotation() {
 /// check the admin's signature, so the ghost gets no sender key and cannot
 /// decrypt — the server-side acceptance is the counterexample here.
 #[test]
+#[ignore = "minutes in debug under load; run with `cargo test --release -p bluetick-model --test weaknesses -- --ignored`"]
 fn server_controlled_membership_admits_a_ghost() {
     let config = suite::weakness_server_membership();
     let report = run(config, &RunOptions::exhaustive()).unwrap();
