@@ -452,7 +452,9 @@ async fn a_killed_client_restarts_from_its_save_and_gets_what_was_sent_meanwhile
         let mut bob = start_client(&server, dir.path(), "bob", 2);
         wait_for(&mut bob, &mut Vec::new(), is_online).await;
         bob.kill();
-        assert!(bob.shutdown().await.is_err(), "a killed task reports no clean stop");
+        // No assertion on the outcome: an abort that lands while the task is
+        // mid-poll lets that poll finish, so a kill can race a clean stop.
+        let _ = bob.shutdown().await;
 
         let mut alice = start_client(&server, dir.path(), "alice", 1);
         let mut alice_seen = Vec::new();
