@@ -46,6 +46,13 @@ enum Command {
     /// Run a scenario file through the deterministic simulator and write its
     /// report; exit 0 when every invariant held, 1 on a violation, 2 on bad input.
     Run(bluetick_sim::cli::RunArgs),
+    /// Run a scenario over many seeds on every core, shrink the smallest
+    /// failing run to a minimal scenario file, write `sweep.json`; `--shard i/n`
+    /// runs one part of the sweep for a job runner.
+    Sweep(bluetick_sim::cli::SweepArgs),
+    /// Join the shard reports of one sweep (`--shard 1/n` … `n/n`) into the
+    /// report the unsharded sweep writes.
+    Merge(bluetick_sim::cli::MergeArgs),
     /// Model-check the real server and client state machines (stateright);
     /// prints states explored, depth, time and a verdict per property.
     Check(bluetick_model::cli::CheckArgs),
@@ -89,6 +96,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => bluetick_sim::cli::cli_run(args),
+        Command::Sweep(args) => bluetick_sim::cli::cli_sweep(args),
+        Command::Merge(args) => bluetick_sim::cli::cli_merge(args),
         Command::Check(args) => bluetick_model::cli::cli_check(args),
         Command::Loadgen(args) => bluetick_loadgen::cli_loadgen(args),
         Command::Chat { server, user, data } => match chat::run(chat::ChatArgs { server, user, data }) {

@@ -198,3 +198,288 @@ fn print_summary(
     }
     let _ = writeln!(out, "{verdict} {} seed {}{cell}{wall}", o.scenario, o.seed);
 }
+
+/// Arguments of `bluetick sweep`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// The scenario file.
+    pub scenario: PathBuf,
+    /// Seeds to run: `A..B` (both included) or one seed.
+    #[arg(long, default_value = "1..100")]
+    pub seeds: crate::sweep::SeedSpan,
+    /// Run only shard `i` of `n` (1-based; round-robin over the seeds), for a
+    /// job runner that spreads a sweep over machines; join with `bluetick merge`.
+    #[arg(long)]
+    pub shard: Option<crate::sweep::Shard>,
+    /// Runs at once (default: one per core).
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Folder for reports: failing runs write `<out>/<scenario>/<seed>/`.
+    #[arg(long, default_value = "reports")]
+    pub out: PathBuf,
+    /// Where to write the sweep's JSON (default:
+    /// `<out>/<scenario>/sweep.json`, or `sweep-shard-<i>-of-<n>.json`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Driver (default: the scenario's).
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverArg>,
+    /// Only this matrix cell (default: every cell).
+    #[arg(long)]
+    pub cell: Option<usize>,
+    /// Swarm mode: each seed draws the knobs the scenario leaves unset.
+    #[arg(long)]
+    pub swarm: bool,
+    /// Runs the shrink of the smallest failing run may spend (0: no shrink).
+    #[arg(long, default_value_t = crate::sweep::SHRINK_RUNS_DEFAULT)]
+    pub shrink_runs: usize,
+    /// No progress bar; only the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Arguments of `bluetick merge`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MergeArgs {
+    /// The shard reports (`sweep-shard-<i>-of-<n>.json`), every shard once.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// Where to write the merged report.
+    #[arg(long, short, default_value = "sweep.json")]
+    pub out: PathBuf,
+}
+
+/// Failing runs listed one by one in a sweep's summary; the rest are in the JSON.
+const SWEEP_FAILURES_SHOWN: usize = 20;
+
+/// Runs `bluetick sweep` and returns its exit status.
+pub fn cli_sweep(args: SweepArgs) -> ExitCode {
+    ExitCode::from(sweep_with(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+}
+
+/// `bluetick sweep` writing its summary to `out` and errors to `err`; exit
+/// status as for `bluetick run`.
+pub fn sweep_with(args: &SweepArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    use crate::sweep::{self, SweepPlan};
+    let text = match std::fs::read_to_string(&args.scenario) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(err, "cannot read {}: {e}", args.scenario.display());
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let s = match scenario::from_str(&args.scenario.display().to_string(), &text) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let plan = SweepPlan {
+        seeds: args.seeds,
+        shard: args.shard,
+        cell: args.cell,
+        swarm: args.swarm,
+        driver: args.driver.map(|d| match d {
+            DriverArg::Direct => DriverKind::Direct,
+            DriverArg::Turmoil => DriverKind::Turmoil,
+        }),
+        jobs,
+    };
+    let total = sweep::work_list(&s, &plan).len() as u64;
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr())
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} runs, {msg}") {
+        bar.set_style(style);
+    }
+    let failed = std::sync::atomic::AtomicU64::new(0);
+    let write_errors = std::sync::Mutex::new(Vec::new());
+    let result = sweep::sweep(&s, &plan, |o| {
+        if !o.passed {
+            let n = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} failed"));
+            if let Err(e) = report::write(&args.out, o) {
+                if let Ok(mut w) = write_errors.lock() {
+                    w.push(e.to_string());
+                }
+            }
+        }
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(err, "{}: {e}", s.file);
+            return EXIT_BAD_INPUT;
+        }
+    };
+    for e in write_errors.into_inner().unwrap_or_default() {
+        let _ = writeln!(err, "{e}");
+    }
+    let shard = report.shard.map(|sh| format!(" (shard {sh})")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}: seeds {}{shard}, driver {}: {} runs, {} passed, {} failed",
+        report.scenario, report.seeds, report.driver, report.runs, report.passed, report.failed
+    );
+    for r in report.failures().take(SWEEP_FAILURES_SHOWN) {
+        let what: Vec<&str> = r.violated.iter().chain(r.failed_guards.iter()).map(String::as_str).collect();
+        let _ = writeln!(out, "  FAILED seed {}: {} — reproduce: {}", r.seed, what.join(", "), r.reproduce);
+    }
+    if report.failed > SWEEP_FAILURES_SHOWN as u64 {
+        let _ = writeln!(out, "  … {} more in the JSON", report.failed - SWEEP_FAILURES_SHOWN as u64);
+    }
+    if args.shrink_runs > 0 {
+        let first = report.failures().next().cloned();
+        if let Some(first) = first {
+            match shrink_and_save(args, &s, &text, &plan, &first, out) {
+                Ok(summary) => report.shrunk = Some(summary),
+                Err(e) => {
+                    let _ = writeln!(err, "{e}");
+                    return EXIT_BAD_INPUT;
+                }
+            }
+        }
+    }
+    let json_path = args.json.clone().unwrap_or_else(|| {
+        let name = match report.shard {
+            Some(sh) => format!("sweep-shard-{}-of-{}.json", sh.index, sh.count),
+            None => "sweep.json".to_owned(),
+        };
+        args.out.join(&report.scenario).join(name)
+    });
+    if let Err(e) = write_json(&json_path, &report) {
+        let _ = writeln!(err, "{e}");
+        return EXIT_BAD_INPUT;
+    }
+    let _ = writeln!(out, "sweep report: {}", json_path.display());
+    if report.failed > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_PASSED
+    }
+}
+
+fn shrink_and_save(
+    args: &SweepArgs,
+    s: &scenario::Scenario,
+    text: &str,
+    plan: &crate::sweep::SweepPlan,
+    first: &crate::sweep::SeedResult,
+    out: &mut dyn Write,
+) -> Result<crate::sweep::ShrinkSummary, report::ReportError> {
+    use crate::sweep::{shrink, Failure, ShrinkSummary};
+    let opts = RunOptions { seed: first.seed, cell: first.cell, swarm: plan.swarm, driver: plan.driver };
+    let failure = Failure {
+        violated: first.violated.iter().cloned().collect(),
+        failed_guards: first.failed_guards.iter().cloned().collect(),
+    };
+    let mut dir = args.out.join(&s.name).join(first.seed.to_string());
+    if let Some(c) = first.cell {
+        dir = dir.join(format!("cell-{c}"));
+    }
+    let path = dir.join("minimal.toml");
+    let shrunk = shrink(&path.display().to_string(), text, &opts, &failure, args.shrink_runs);
+    let mut file = format!(
+        "# Shrunk by `bluetick sweep` from {} (seed {}) in {} runs; it still fails: {}.\n\
+         # Reproduce: bluetick run {} --seed {}{}\n# Steps kept:\n",
+        s.file,
+        first.seed,
+        shrunk.runs,
+        shrunk.failure.names().join(", "),
+        path.display(),
+        first.seed,
+        first.cell.map(|c| format!(" --cell {c}")).unwrap_or_default(),
+    );
+    for step in &shrunk.steps {
+        file += &format!("#   - {step}\n");
+    }
+    file += "\n";
+    file += &shrunk.text;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, file))
+        .map_err(|source| report::ReportError::Write { path: path.display().to_string(), source })?;
+    let _ = writeln!(
+        out,
+        "shrunk seed {} in {} runs ({} steps kept): {}",
+        first.seed,
+        shrunk.runs,
+        shrunk.steps.len(),
+        path.display()
+    );
+    let rel = path.strip_prefix(&args.out).unwrap_or(&path).display().to_string();
+    Ok(ShrinkSummary {
+        seed: first.seed,
+        cell: first.cell,
+        failure: shrunk.failure.names(),
+        steps: shrunk.steps,
+        runs: shrunk.runs,
+        file: rel,
+    })
+}
+
+fn write_json(path: &std::path::Path, report: &crate::sweep::SweepReport) -> Result<(), report::ReportError> {
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| report::ReportError::Write { path: dir.display().to_string(), source })?;
+    }
+    std::fs::write(path, text).map_err(|source| report::ReportError::Write { path: path.display().to_string(), source })
+}
+
+/// Runs `bluetick merge` and returns its exit status.
+pub fn cli_merge(args: MergeArgs) -> ExitCode {
+    ExitCode::from(merge_with(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock()))
+}
+
+/// `bluetick merge`: reads every shard report, joins them, writes the merged
+/// report. Exit 0 when every run passed, 1 when some failed, 2 when the
+/// shards do not make one whole sweep or cannot be read.
+pub fn merge_with(args: &MergeArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut parts = Vec::new();
+    for p in &args.shards {
+        let parsed = std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<crate::sweep::SweepReport>(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(r) => parts.push(r),
+            Err(e) => {
+                let _ = writeln!(err, "{}: {e}", p.display());
+                return EXIT_BAD_INPUT;
+            }
+        }
+    }
+    let merged = match crate::sweep::merge(&parts) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    if let Err(e) = write_json(&args.out, &merged) {
+        let _ = writeln!(err, "{e}");
+        return EXIT_BAD_INPUT;
+    }
+    let _ = writeln!(
+        out,
+        "{}: seeds {} from {} shards: {} runs, {} passed, {} failed; merged report: {}",
+        merged.scenario,
+        merged.seeds,
+        parts.len(),
+        merged.runs,
+        merged.passed,
+        merged.failed,
+        args.out.display()
+    );
+    if merged.failed > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_PASSED
+    }
+}

@@ -14,7 +14,8 @@
 //! - [`invariants`]: the invariants judged and when each applies.
 //! - [`run`]: one run: plan → driver → quiesce → verdicts, guards, latency, `trace_hash`.
 //! - [`report`]: `report.json`, `report.md`, `trace.jsonl`.
-//! - [`cli`]: `bluetick run` (`RunArgs`, `cli_run`).
+//! - [`sweep`]: many seeds at once, shards and their merge, shrinking a failure.
+//! - [`cli`]: `bluetick run`, `bluetick sweep`, `bluetick merge`.
 
 pub mod cli;
 pub mod direct;
@@ -23,4 +24,5 @@ pub mod invariants;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod sweep;
 pub mod turmoil;

@@ -128,7 +128,7 @@ fn a_spread_with_min_above_max_is_refused() {
 #[test]
 fn a_spread_with_an_unknown_key_lists_min_and_max() {
     let e = one(&format!("{HEAD}\n[network]\nlatency = {{ low = \"5ms\" }}\n"));
-    assert_eq!(e, "t.toml:9:11: network.latency: unknown key `low` (allowed: `min`, `max`)");
+    assert_eq!(e, "t.toml:9:13: network.latency.low: unknown key `low` (allowed: `min`, `max`)");
 }
 
 #[test]

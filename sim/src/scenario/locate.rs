@@ -100,6 +100,12 @@ impl Locator {
         }
     }
 
+    /// The span of the key `path` itself (its first node: the key comes
+    /// before its value), if the key is written in the file.
+    pub fn key_span(&self, path: &str) -> Option<Range<usize>> {
+        self.nodes.iter().find(|n| n.path == path).map(|n| n.span.clone())
+    }
+
     /// 1-based line and column (in characters) of byte `offset`.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let line = self.line_starts.partition_point(|s| *s <= offset).max(1);

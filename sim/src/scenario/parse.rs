@@ -13,15 +13,30 @@ pub fn parse_raw(file: &str, text: &str, loc: &Locator) -> Result<RawScenario, S
 /// Locates a toml/serde error and rewrites its message for people who do not
 /// know serde's vocabulary.
 fn from_toml(file: &str, e: &toml::de::Error, loc: &Locator) -> ScenarioError {
-    let span = e.span().unwrap_or(0..0);
-    let (line, column) = loc.line_col(span.start);
+    let mut span = e.span().unwrap_or(0..0);
     let message = e.message().trim().to_owned();
     let parsed_tree = !loc.is_empty();
-    let base = match loc.path_at(&span) {
+    let mut base = match loc.path_at(&span) {
         Some(p) => p.to_owned(),
         None if parsed_tree => "(top level)".to_owned(),
         None => "syntax".to_owned(),
     };
+    // Depending on the toml features the workspace unifies, an unknown key's
+    // span is the key's or its table's; point at the key either way.
+    if let Some(name) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        let key = if base.ends_with(&format!(".{name}")) || base == name {
+            base.clone()
+        } else if base == "(top level)" {
+            name.to_owned()
+        } else {
+            format!("{base}.{name}")
+        };
+        if let Some(key_span) = loc.key_span(&key) {
+            span = key_span;
+            base = key;
+        }
+    }
+    let (line, column) = loc.line_col(span.start);
     let (path, message) = reword(&base, &message);
     ScenarioError { file: file.to_owned(), line, column, path, message }
 }
@@ -74,7 +89,7 @@ mod tests {
     #[test]
     fn unknown_keys_name_the_key_and_the_allowed_ones() {
         let e = err("[scenario]\nname = \"x\"\nduration = \"1s\"\nsed = 1\n[users]\ncount = 2\n");
-        assert!(e.starts_with("f.toml:4:1: scenario: unknown key `sed` (allowed: `name`"), "{e}");
+        assert!(e.starts_with("f.toml:4:1: scenario.sed: unknown key `sed` (allowed: `name`"), "{e}");
     }
 
     #[test]
