@@ -41,6 +41,10 @@ props cases="2048":
 sim scenario *args:
     cargo run --release -- run {{scenario}} {{args}}
 
+# Run a scenario over many seeds on every core; shrinks the smallest failure (e.g. `just sweep scenarios/partition-then-heal.toml 1..1000`).
+sweep scenario seeds="1..100" *args:
+    cargo run --release -- sweep {{scenario}} --seeds {{seeds}} {{args}}
+
 # Model-check every property at the CI bounds.
 check *args:
     cargo run --release -- check {{args}}
