@@ -82,6 +82,16 @@ fuzz secs="120":
             -max_total_time={{secs}} -max_len=8192 -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20
     done
 
+# Regenerate the committed example reports (reports/examples/) of every bundled scenario at its default seed.
+reports:
+    cargo build --release
+    for f in scenarios/*.toml scenarios/broken/*.toml; do target/release/bluetick run "$f" --out reports/examples --quiet || true; done
+    INSTA_UPDATE=always cargo test --release -p bluetick-sim --test examples -- --include-ignored
+
+# Check that the committed example reports are current, the heavy scenarios included (release).
+reports-check:
+    cargo test --release -p bluetick-sim --test examples -- --include-ignored
+
 # Every bundled scenario on its default seed, the heavy ones included (release).
 sim-scenarios:
     cargo test --release -p bluetick-sim --test scenarios -- --include-ignored

@@ -13,13 +13,14 @@
 //! - [`direct`]: the direct driver over the core's in-process `World`.
 //! - [`invariants`]: the invariants judged and when each applies.
 //! - [`run`]: one run: plan → driver → quiesce → verdicts, guards, latency, `trace_hash`.
-//! - [`report`]: `report.json`, `report.md`, `trace.jsonl`.
+//! - [`report`]: `report.json`, `report.md`, `trace.jsonl`; [`html`]: `report.html` with SVG plots.
 //! - [`sweep`]: many seeds at once, shards and their merge, shrinking a failure.
 //! - [`cli`]: `bluetick run`, `bluetick sweep`, `bluetick merge`.
 
 pub mod cli;
 pub mod direct;
 pub mod driver;
+pub mod html;
 pub mod invariants;
 pub mod report;
 pub mod run;

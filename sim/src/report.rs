@@ -1,7 +1,8 @@
 //! Reports of a run: `<out>/<scenario>/<seed>/` (plus `cell-<i>/` for a
 //! matrix cell) holding `report.json` (stable field names, machine-readable),
 //! `trace.jsonl` (one [`TraceEvent`](crate::driver::TraceEvent) per line; its
-//! SHA-256 is the run's `trace_hash`) and `report.md` (for people).
+//! SHA-256 is the run's `trace_hash`), `report.md` (for people) and
+//! `report.html` (the same with plots, see [`crate::html`]).
 //!
 //! Everything written is a function of the scenario, seed and crate version
 //! only (no wall-clock times), so two runs of one seed write identical files.
@@ -23,6 +24,8 @@ pub struct ReportPaths {
     pub markdown: PathBuf,
     /// `trace.jsonl`.
     pub trace: PathBuf,
+    /// `report.html` (self-contained, with SVG plots).
+    pub html: PathBuf,
 }
 
 /// Why a report could not be written.
@@ -69,11 +72,13 @@ pub fn write(out: &Path, o: &RunOutcome) -> Result<ReportPaths, ReportError> {
         json: dir.join("report.json"),
         markdown: dir.join("report.md"),
         trace: dir.join("trace.jsonl"),
+        html: dir.join("report.html"),
         dir,
     };
     std::fs::write(&paths.json, to_json(o)?).map_err(io(&paths.json))?;
     std::fs::write(&paths.markdown, markdown(o)).map_err(io(&paths.markdown))?;
     std::fs::write(&paths.trace, &o.trace_jsonl).map_err(io(&paths.trace))?;
+    std::fs::write(&paths.html, crate::html::html(o)).map_err(io(&paths.html))?;
     Ok(paths)
 }
 
@@ -111,8 +116,8 @@ pub fn markdown(o: &RunOutcome) -> String {
     let failed = o.failed_guards().count();
     let _ = writeln!(
         s,
-        "{held} invariants held, {violated} violated; {failed} required guards failed. Driver `{}`, bluetick-sim {}.\n",
-        o.driver, o.version
+        "{held} invariants held, {violated} violated; {failed} required guards failed. Driver `{}`, bluetick-sim {} (commit `{}`).\n",
+        o.driver, o.version, o.commit
     );
     let _ = writeln!(s, "Reproduce:\n\n```sh\n{}\n```\n", o.reproduce);
     let _ = writeln!(s, "trace_hash `{}` ({} lines in trace.jsonl)\n", o.trace_hash, o.trace_lines);

@@ -46,6 +46,10 @@ pub const VIOLATIONS_KEPT_MAX: usize = 10;
 /// Crate version stamped into reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Git commit stamped into reports (set by `build.rs`; `unknown` when built
+/// outside a git checkout, e.g. from a source tarball).
+pub const COMMIT: &str = env!("BLUETICK_GIT_COMMIT");
+
 /// What to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -206,6 +210,8 @@ pub struct RunOutcome {
     pub driver: String,
     /// The crate version.
     pub version: String,
+    /// The git commit the binary was built from (`unknown` outside a checkout).
+    pub commit: String,
     /// True when every checked invariant held and every required guard passed.
     pub passed: bool,
     /// The resolved configuration.
@@ -988,6 +994,7 @@ impl Runner<'_> {
             cell: plan.cell,
             driver: kind.as_str().to_owned(),
             version: VERSION.to_owned(),
+            commit: COMMIT.to_owned(),
             passed,
             resolved,
             verdicts,
