@@ -65,6 +65,10 @@ bench-net:
 bench-sim:
     cargo test --release -p bluetick-sim --test turmoil_bench -- --ignored --nocapture
 
+# Loom model checks of the net crate's hand-written concurrency (group commit handoff); a cold build takes ~5 min.
+loom:
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target-loom cargo test -p bluetick-net --release --lib loom
+
 # More SIGKILL rounds of the real server under load than CI runs.
 crash rounds="20":
     BLUETICK_CRASH_ROUNDS={{rounds}} cargo test --release -p bluetick --test crash_consistency -- --nocapture

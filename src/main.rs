@@ -149,9 +149,12 @@ fn serve(listen: SocketAddr, data: &Path) -> Result<(), String> {
         let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
         println!("bluetick server listening on ws://{local}/ with data in {}", data.display());
         let options = ServerOptions::new(Default::default(), bluetick_net::entropy::os_seed_u64());
-        run_server(listener, store, options, shutdown_signal())
-            .await
-            .map_err(|e| format!("{e}; the data in {} may need a backup restored", db.display()))?;
+        run_server(listener, store, options, shutdown_signal()).await.map_err(|e| match e {
+            // The store is intact up to the failed group commit: a restart
+            // recovers, so do not send the operator looking for backups.
+            bluetick_net::server::ServeError::Commit(_) => format!("{e} (data in {})", db.display()),
+            _ => format!("{e}; the data in {} may need a backup restored", db.display()),
+        })?;
         println!("bluetick server stopped");
         Ok(())
     })

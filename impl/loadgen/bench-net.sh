@@ -20,11 +20,12 @@
 #   snapshot. max_queued_messages is raised from 1,000 to 0 (unlimited) so
 #   the offline run can queue 200k, and max_inflight_messages from 20 to 100
 #   to match the load's 100 in flight.
-# - bluetick-disk: `bluetick serve` as shipped (the safest mode): every
-#   batch of store writes is one redb transaction committed with immediate
-#   durability (fsync) before the ack.
+# - bluetick-disk: `bluetick serve` as shipped (the safest mode): the store
+#   writes of every frame that arrived while the last commit ran form one
+#   group, one redb transaction committed with immediate durability (fsync),
+#   and the acks of those frames leave only after it.
 # - bluetick-tmpfs: the same binary with --data on /dev/shm, the matching
-#   mode: redb still commits every batch, but fsync on tmpfs returns at once,
+#   mode: redb still commits every group, but fsync on tmpfs returns at once,
 #   so the ack means "in memory", as with mosquitto. (Stronger than
 #   mosquitto's: a killed server loses nothing, only a reboot does.)
 #

@@ -195,6 +195,27 @@ pub enum AppAction<'a> {
         /// The group.
         group: GroupId,
     },
+    /// An attachment to `to` was queued as `id` (upload first, then its pointer).
+    SentMedia {
+        /// The recipient.
+        to: &'a UserId,
+        /// Its id.
+        id: MessageId,
+        /// The attachment's plaintext bytes.
+        body: &'a [u8],
+    },
+    /// The app set who may see its presence.
+    SetPresencePrivacy {
+        /// Who may see it.
+        visibility: Visibility,
+        /// The contact list [`Visibility::Contacts`] refers to.
+        contacts: &'a [UserId],
+    },
+    /// The app replaced its presence subscription list.
+    SubscribedPresence {
+        /// The users it follows now.
+        users: &'a [UserId],
+    },
 }
 
 /// Watches one client task, synchronously and in the order things happen.
@@ -213,6 +234,13 @@ pub trait ClientObserver: Send + Sync + fmt::Debug {
     /// surfaced. `client` is the state it left.
     fn settled(&self, client: &Client, now_ms: u64) {
         let _ = (client, now_ms);
+    }
+
+    /// `frame` from the server is about to reach the core: once per copy a
+    /// [`FrameTap`] lets through, when that copy is due (a simulator counts
+    /// duplicates the core absorbs and keeps ciphertexts for its checks).
+    fn frame_in(&self, frame: &ServerFrame, now_ms: u64) {
+        let _ = (frame, now_ms);
     }
 }
 
@@ -800,19 +828,26 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
     /// Hands a received frame to the core, as the tap decides.
     fn receive(&mut self, frame: ServerFrame, link: &mut Link<C::Stream>) {
         let Some(tap) = &self.options.tap else {
-            let now = self.now();
-            self.client.handle_frame(frame, now);
+            self.feed(frame);
             return;
         };
         let fate = tap.incoming(&frame, self.now());
         for delay in fate.copies.into_iter().take(FATE_COPIES_MAX) {
             if delay.is_zero() {
-                let now = self.now();
-                self.client.handle_frame(frame.clone(), now);
+                self.feed(frame.clone());
             } else {
                 link.hold_in(delay, frame.clone());
             }
         }
+    }
+
+    /// Hands one frame to the core, telling the observer first.
+    fn feed(&mut self, frame: ServerFrame) {
+        let now = self.now();
+        if let Some(o) = &self.options.observer {
+            o.frame_in(&frame, now);
+        }
+        self.client.handle_frame(frame, now);
     }
 
     /// Sends and feeds every held frame that is due.
@@ -823,8 +858,7 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
                 break;
             }
             let frame = entry.remove();
-            let now_ms = self.now();
-            self.client.handle_frame(frame, now_ms);
+            self.feed(frame);
         }
         while link.held_out.first_key_value().is_some_and(|((due, _), _)| *due <= now) {
             if let Some((_, bytes)) = link.held_out.pop_first() {
@@ -904,16 +938,26 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
                 }
                 let _ = reply.send(result);
             }
-            // Not reported to the observer: `AppAction` has no variants for
-            // these, and the simulator's oracle does not follow media or presence.
             Command::SendMedia { to, bytes, reply } => {
-                let _ = reply.send(self.client.send_media(&to, &bytes, now));
+                let result = self.client.send_media(&to, &bytes, now);
+                if let Ok(id) = result {
+                    observe(AppAction::SentMedia { to: &to, id, body: &bytes });
+                }
+                let _ = reply.send(result);
             }
             Command::SetPresencePrivacy { visibility, contacts, reply } => {
-                let _ = reply.send(self.client.set_presence_privacy(visibility, &contacts, now));
+                let result = self.client.set_presence_privacy(visibility, &contacts, now);
+                if result.is_ok() {
+                    observe(AppAction::SetPresencePrivacy { visibility, contacts: &contacts });
+                }
+                let _ = reply.send(result);
             }
             Command::SubscribePresence { users, reply } => {
-                let _ = reply.send(self.client.subscribe_presence(&users, now));
+                let result = self.client.subscribe_presence(&users, now);
+                if result.is_ok() {
+                    observe(AppAction::SubscribedPresence { users: &users });
+                }
+                let _ = reply.send(result);
             }
             Command::MarkRead { peer } => {
                 self.client.mark_read(&peer, now);

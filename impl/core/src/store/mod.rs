@@ -15,6 +15,9 @@
 //!   model checker (a "crash" drops the server and rebuilds it from a clone of
 //!   its store), with a fault hook to make writes fail.
 //! - [`RedbStore`]: one file on disk, for the real server.
+//! - [`Staging`]: not a store but a stage in front of one, for group commit:
+//!   many handle calls' batches merged into one durable apply, with reads
+//!   that see the staged writes meanwhile.
 //!
 //! Both refuse a key longer than [`KEY_LEN_MAX`] or a value longer than
 //! [`VALUE_LEN_MAX`] before writing anything.
@@ -29,9 +32,11 @@ use crate::wire::FRAME_LEN_MAX;
 
 mod memory;
 mod redb;
+mod staging;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::staging::{StagedStore, Staging};
 
 /// Longest key accepted, in bytes. Keys are a few identifiers and sequence
 /// numbers, tens of bytes; a key near this size means a value was encoded into
@@ -170,6 +175,13 @@ impl WriteBatch {
     pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) -> &mut Self {
         self.ops.push(BatchOp::Delete { table, key: key.into() });
         self
+    }
+
+    /// Moves every op of `other` to the end of this batch: applying the
+    /// result is applying this batch and then `other`, as one atomic write
+    /// (the merge behind group commit).
+    pub fn append(&mut self, mut other: WriteBatch) {
+        self.ops.append(&mut other.ops);
     }
 
     /// Whether the batch has no ops (applying it changes nothing).
