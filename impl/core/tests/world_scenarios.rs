@@ -9,7 +9,7 @@ use bluetick_core::client::{ClientBug, ClientBugs, DeliveryState};
 use bluetick_core::ids::UserId;
 use bluetick_core::server::mailbox::MailboxBug;
 use bluetick_core::server::presence::PresenceBug;
-use bluetick_core::wire::{LastSeen, Visibility};
+use bluetick_core::wire::{ErrorCode, LastSeen, Visibility};
 use bluetick_core::world::faults::{Direction, FrameFault};
 use bluetick_core::world::oracle::{names, Violation};
 use bluetick_core::world::{media_bytes, plaintext, Faults, World, WorldConfig, PARTITION_DROP_AFTER_MS};
@@ -395,4 +395,46 @@ fn entries_kept_past_their_ttl_or_after_their_ack_are_caught_as_retention() {
     w.send_text(&u[0], &u[1], &plaintext(21, 2)).unwrap();
     w.run_for(3_000);
     assert!(caught(w.violations(), names::RETENTION), "{:#?}", w.violations());
+}
+
+/// Regression (found by the 1,024-member churn scenario, where 5,387 such
+/// reports hid the real failures): a client that outruns the server's frame
+/// rate limit has frames refused unread, delivery-acks among them. Such an ack
+/// never reached the server's logic, so `retention` must not blame the
+/// server for still holding what it acked. The burst here (a backlog of 600
+/// messages draining at once) does trip the limit, as the refusals show.
+#[test]
+fn a_delivery_ack_refused_by_the_rate_limit_is_not_taken_as_an_ack() {
+    let (mut w, u) = world(22, |_| {});
+    w.disconnect(&u[1]);
+    for i in 0..600 {
+        w.send_text(&u[0], &u[1], &plaintext(22, i)).unwrap();
+    }
+    w.run_for(5_000);
+    w.connect(&u[1]);
+    w.run_for(10_000);
+    let refused = w.server().stats().errors.get(&ErrorCode::LimitExceeded).copied().unwrap_or(0);
+    assert!(refused > 0, "the backlog should trip the rate limit");
+    assert!(!caught(w.violations(), names::RETENTION), "{:#?}", w.violations());
+    finish_clean(&mut w);
+}
+
+/// Lazy saving (the World encodes a client's save only when a crash, a
+/// compromise or a removed member's copy needs it) is exact only if a client
+/// that says it is clean really is. With `verify_saves` the World checks that
+/// after every call; a client hiding a change from its dirty flag is caught.
+#[test]
+fn a_client_hiding_a_change_from_its_dirty_flag_is_caught_when_saves_are_verified() {
+    let run = |bugs: ClientBugs| {
+        let (mut w, u) = world(23, |c| {
+            c.verify_saves = true;
+            c.client_bugs = bugs;
+        });
+        w.send_text(&u[0], &u[1], &plaintext(23, 1)).unwrap();
+        w.run_for(3_000);
+        w.violations().to_vec()
+    };
+    assert!(run(ClientBugs::none()).is_empty());
+    let v = run(ClientBugs::none().with(ClientBug::ForgetDirtyOnServerAck));
+    assert!(caught(&v, "client-dirty-flag"), "{v:#?}");
 }

@@ -32,9 +32,10 @@ use crate::wire::SignedGroupChange;
 /// member list of 1,024 ids fits one frame with room to spare.
 pub const GROUP_MEMBERS_MAX: usize = 1_024;
 
-/// Most group changes held while the admin's identity key is being fetched.
-/// Changes arrive one per membership update; 64 is far more than can pile up
-/// during one bundle round trip, and bounds what a server can make us hold.
+/// Most group changes held while the admin's identity key is being fetched
+/// or an earlier version is still on its way. Changes arrive one per
+/// membership update; 64 is far more than can pile up during one bundle round
+/// trip or one redelivery, and bounds what a server can make us hold.
 pub const HELD_GROUP_CHANGES_MAX: usize = 64;
 
 /// Most sender keys of other members kept. 1,024 members in each of a few
@@ -130,22 +131,21 @@ pub(crate) struct Groups {
     pub held_changes: VecDeque<SignedGroupChange>,
 }
 
-/// The member list after `change`, or why it cannot be applied.
-fn members_after(
-    current: &BTreeSet<UserId>,
-    change: &SignedGroupChange,
-) -> Result<BTreeSet<UserId>, GroupChangeRejection> {
+/// How many members there are after `change`, or why it cannot be applied.
+/// Counted, not built: every member checks every change, and copying a
+/// 1,024-member list for it dominated large groups.
+fn members_after(current: &BTreeSet<UserId>, change: &SignedGroupChange) -> Result<usize, GroupChangeRejection> {
     if change.remove.contains(&change.admin) || change.add.iter().any(|u| change.remove.contains(u)) {
         return Err(GroupChangeRejection::Inconsistent);
     }
-    let mut members = current.clone();
-    members.insert(change.admin.clone());
-    members.extend(change.add.iter().cloned());
-    for u in &change.remove {
-        members.remove(u);
-    }
-    if members.len() > GROUP_MEMBERS_MAX {
-        return Err(GroupChangeRejection::TooManyMembers { members: members.len(), max: GROUP_MEMBERS_MAX });
+    // Neither the admin nor an added member is removed (checked above), so
+    // the removals only take away current members.
+    let joining: BTreeSet<&UserId> =
+        std::iter::once(&change.admin).chain(&change.add).filter(|u| !current.contains(*u)).collect();
+    let leaving: BTreeSet<&UserId> = change.remove.iter().filter(|u| current.contains(*u)).collect();
+    let members = current.len() + joining.len() - leaving.len();
+    if members > GROUP_MEMBERS_MAX {
+        return Err(GroupChangeRejection::TooManyMembers { members, max: GROUP_MEMBERS_MAX });
     }
     Ok(members)
 }
@@ -160,6 +160,7 @@ impl Groups {
                 max: GROUP_MEMBERS_MAX,
             });
         }
+        let empty = BTreeSet::new();
         let current = match self.groups.get(&change.group) {
             Some(g) => {
                 if change.version <= g.version {
@@ -177,7 +178,7 @@ impl Groups {
                         got: change.version,
                     });
                 }
-                g.members.clone()
+                &g.members
             }
             None => {
                 // Unknown group: only a change that makes us a member matters
@@ -188,10 +189,10 @@ impl Groups {
                 if change.version == 0 {
                     return Verdict::Reject(GroupChangeRejection::VersionGap { current: 0, got: 0 });
                 }
-                BTreeSet::new()
+                &empty
             }
         };
-        if let Err(reason) = members_after(&current, change) {
+        if let Err(reason) = members_after(current, change) {
             return Verdict::Reject(reason);
         }
         let Some(key) = admin_key else {
@@ -204,7 +205,8 @@ impl Groups {
     }
 
     /// Applies a change [`Groups::check`] accepted (or one we signed). Drops
-    /// the sender keys of removed members; rotation is the caller's decision.
+    /// the sender keys of removed members (but not the others' keys when we
+    /// are the one removed); rotation is the caller's decision.
     pub fn apply(&mut self, change: &SignedGroupChange, me: &UserId) -> Applied {
         let known = self.groups.contains_key(&change.group);
         let group = self.groups.entry(change.group).or_insert_with(|| GroupState {
@@ -216,22 +218,38 @@ impl Groups {
             own_key: None,
             distributed_to: BTreeSet::new(),
         });
-        let before = group.members.clone();
-        let after = members_after(&before, change).unwrap_or_else(|_| before.clone());
-        let added: Vec<UserId> = after.difference(&before).filter(|u| known || *u != &change.admin).cloned().collect();
-        let removed: Vec<UserId> = before.difference(&after).cloned().collect();
+        let mut added = BTreeSet::new();
+        let mut removed = BTreeSet::new();
+        // A change check() would refuse leaves the members as they are.
+        if members_after(&group.members, change).is_ok() {
+            for u in std::iter::once(&change.admin).chain(&change.add) {
+                if group.members.insert(u.clone()) && (known || *u != change.admin) {
+                    added.insert(u.clone());
+                }
+            }
+            for u in &change.remove {
+                if group.members.remove(u) {
+                    removed.insert(u.clone());
+                }
+            }
+        }
+        let added: Vec<UserId> = added.into_iter().collect();
+        let removed: Vec<UserId> = removed.into_iter().collect();
         group.version = change.version;
-        group.members = after;
         for u in &removed {
             group.distributed_to.remove(u);
             self.records.remove(&(change.group, u.clone()));
         }
         let we_left = removed.contains(me);
         if we_left {
+            // Our own key goes; the others' keys stay. Messages sealed while
+            // we were a member may still be on their way (a redelivery after
+            // a lost frame), and the server accepted them for us: without the
+            // keys they would be held unread for good. Keeping them opens
+            // nothing sent later, since every sender rotates on applying our
+            // removal (and a removed member is assumed to keep them anyway).
             group.own_key = None;
             group.distributed_to.clear();
-            let g = change.group;
-            self.records.retain(|(rg, _), _| *rg != g);
         }
         Applied { added, removed, we_left }
     }
@@ -254,6 +272,19 @@ impl Groups {
             std::mem::take(&mut self.held_changes).into_iter().partition(|c| &c.admin == admin);
         self.held_changes = keep;
         take.into()
+    }
+
+    /// Takes the held changes of `group`, in version order.
+    pub fn take_held_of_group(&mut self, group: &GroupId) -> Vec<SignedGroupChange> {
+        if !self.held_changes.iter().any(|c| c.group == *group) {
+            return Vec::new();
+        }
+        let (take, keep): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.held_changes).into_iter().partition(|c| c.group == *group);
+        self.held_changes = keep;
+        let mut take = Vec::from(take);
+        take.sort_by_key(|c| c.version);
+        take
     }
 
     /// Admins whose keys held changes are waiting for.

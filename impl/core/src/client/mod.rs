@@ -125,6 +125,11 @@ pub enum ClientBug {
     /// server dropped it with the old connection), so followed users' changes
     /// stop arriving.
     NoPresenceResubscribe,
+    /// Do not report the state dirty when a `ServerAck` retires an outbox
+    /// entry: a driver that saves only dirty states keeps the entry in its
+    /// save, so a crash resends it (the server deduplicates). Shows the
+    /// World's `client-dirty-flag` check, which lazy saving relies on.
+    ForgetDirtyOnServerAck,
 }
 
 /// The set of [`ClientBug`]s switched on; empty by default.
@@ -1067,7 +1072,9 @@ impl Client {
         if self.state.outbox.remove(&id).is_none() {
             return;
         }
-        self.touch();
+        if !self.config.bugs.has(ClientBug::ForgetDirtyOnServerAck) {
+            self.touch();
+        }
         for (peer, status) in self.state.statuses.update_all(&id, DeliveryState::Sent) {
             self.vol.events.push_back(AppEvent::Status { id, peer, status });
         }
@@ -1208,20 +1215,25 @@ impl Client {
     /// transmission. `None` when it cannot be encrypted yet (no session: a
     /// bundle is fetched) or must not be sent any more (we left the group).
     fn seal(&mut self, id: MessageId, target: &Target, now_ms: u64) -> Option<(EnvelopeKind, Vec<u8>)> {
+        if let Body::Sealed { kind, ciphertext } = &self.state.outbox.get_mut(&id)?.body {
+            return Some((*kind, ciphertext.clone()));
+        }
+        // Checked before the content is copied and encoded: a sender waiting
+        // for hundreds of bundles walks its whole outbox on every flush.
+        if let Target::Direct(user) = target {
+            if !self.state.sessions.can_send(&DeviceAddress::new(user.clone(), PRIMARY_DEVICE)) {
+                self.ensure_bundle(user, now_ms);
+                return None;
+            }
+        }
         let content = match &self.state.outbox.get_mut(&id)?.body {
-            Body::Sealed { kind, ciphertext } => return Some((*kind, ciphertext.clone())),
+            Body::Sealed { .. } => return None,
             Body::Plain(content) => content.clone(),
         };
         let mut plaintext = Payload { message_id: id, content }.encode();
         let sealed = match target {
             Target::Direct(user) => {
-                let to = DeviceAddress::new(user.clone(), PRIMARY_DEVICE);
-                if !self.state.sessions.can_send(&to) {
-                    self.ensure_bundle(user, now_ms);
-                    None
-                } else {
-                    self.state.sessions.encrypt(&to, &plaintext)
-                }
+                self.state.sessions.encrypt(&DeviceAddress::new(user.clone(), PRIMARY_DEVICE), &plaintext)
             }
             Target::Group(group) => self.seal_group(id, *group, &plaintext),
         };
@@ -1636,19 +1648,61 @@ impl Client {
     }
 
     fn on_group_change(&mut self, change: SignedGroupChange) {
+        let group = change.group;
+        if self.consider_change(change) {
+            self.apply_held_successors(group);
+        }
+    }
+
+    /// Applies, holds or rejects one change; true if it was applied.
+    fn consider_change(&mut self, change: SignedGroupChange) -> bool {
         let admin_key = self.state.sessions.identity(&change.admin);
         match self.state.groups.check(&change, &self.config.user, admin_key) {
-            Verdict::Apply => self.apply_change(&change),
+            Verdict::Apply => {
+                self.apply_change(&change);
+                return true;
+            }
             Verdict::Stale => {}
-            Verdict::NeedAdminKey => {
-                // Trust on first use: the admin's key comes from its bundle
-                // (fetched by the next flush) or from a session with it.
-                self.touch();
-                if let Some(dropped) = self.state.groups.hold(change) {
-                    self.reject_change(&dropped, GroupChangeRejection::AdminKeyUnknown);
-                }
+            // Trust on first use: the admin's key comes from its bundle
+            // (fetched by the next flush) or from a session with it.
+            Verdict::NeedAdminKey => self.hold_change(change),
+            // A later change overtook the one before it: the server hands a
+            // mailbox out in order, but a redelivery (after a lost frame) may
+            // arrive after what followed it (protocol 6.2). It waits for the
+            // gap to close; rejecting it (it was acked) froze our view of the
+            // group for good. A gap that never closes (changes made while we
+            // were out of the group) is closed by the admin's GroupInfo.
+            Verdict::Reject(GroupChangeRejection::VersionGap { current, got }) if got > current => {
+                self.hold_change(change);
             }
             Verdict::Reject(reason) => self.reject_change(&change, reason),
+        }
+        false
+    }
+
+    fn hold_change(&mut self, change: SignedGroupChange) {
+        self.touch();
+        if let Some(dropped) = self.state.groups.hold(change) {
+            let reason = match self.state.groups.groups.get(&dropped.group) {
+                Some(g) if self.state.sessions.identity(&dropped.admin).is_some() => {
+                    GroupChangeRejection::VersionGap { current: g.version, got: dropped.version }
+                }
+                _ => GroupChangeRejection::AdminKeyUnknown,
+            };
+            self.reject_change(&dropped, reason);
+        }
+    }
+
+    /// After `group` moved on, the held changes that now follow, in version
+    /// order (one pass suffices: each applied one makes the next applicable).
+    fn apply_held_successors(&mut self, group: GroupId) {
+        let held = self.state.groups.take_held_of_group(&group);
+        if held.is_empty() {
+            return;
+        }
+        self.touch();
+        for change in held {
+            self.consider_change(change);
         }
     }
 
@@ -1690,11 +1744,12 @@ impl Client {
         if applied.removed.is_empty() {
             return;
         }
-        let removed: BTreeSet<&UserId> = applied.removed.iter().collect();
-        // Our key must not reach them any more, not even from the queue.
-        self.state.outbox.drop_where(|e| {
-            e.distributes == Some(group) && matches!(&e.target, Target::Direct(u) if removed.contains(u))
-        });
+        // Distributions of our key still queued for the removed members stay
+        // queued: the key they carry is retired just below, and every message
+        // sealed under it was sealed while they were members, so the server
+        // may already have handed them those messages, held until the key
+        // comes. Dropping them left such a message unreadable for good, with
+        // nobody told. Nothing sealed after the rotation opens with it.
         if applied.we_left || self.config.bugs.has(ClientBug::NoRotationOnRemove) {
             return;
         }
@@ -1758,5 +1813,6 @@ impl Client {
         self.touch();
         self.after_membership_change(group, &applied);
         self.vol.events.push_back(AppEvent::GroupUpdated { group, version });
+        self.apply_held_successors(group);
     }
 }

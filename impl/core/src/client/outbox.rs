@@ -55,8 +55,9 @@ pub(crate) struct OutboxEntry {
     pub id: MessageId,
     /// Recipient.
     pub target: Target,
-    /// The group whose sender key this entry distributes, if it does: lets a
-    /// removal drop queued keys to the removed member after sealing too.
+    /// The group whose sender key this entry distributes, if it does. Part
+    /// of the save format; a removal leaves such entries queued (the key
+    /// they carry is retired; see `Client::after_membership_change`).
     pub distributes: Option<GroupId>,
     /// Plaintext or ciphertext.
     pub body: Body,
@@ -117,17 +118,6 @@ impl Outbox {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
-    /// Drops every entry `drop` selects; returns their ids.
-    pub fn drop_where(&mut self, mut drop: impl FnMut(&OutboxEntry) -> bool) -> Vec<MessageId> {
-        let doomed: Vec<(u64, MessageId)> =
-            self.entries.iter().filter(|(_, e)| drop(e)).map(|(seq, e)| (*seq, e.id)).collect();
-        for (seq, id) in &doomed {
-            self.entries.remove(seq);
-            self.by_id.remove(id);
-        }
-        doomed.into_iter().map(|(_, id)| id).collect()
-    }
 }
 
 #[cfg(test)]
@@ -166,17 +156,6 @@ mod tests {
         o.push(entry(1, "bob"), 1).unwrap();
         assert_eq!(o.push(entry(2, "bob"), 1), Err(OutboxFull { len: 1 }));
         assert!(o.contains(&MessageId([1; 16])));
-        assert!(!o.contains(&MessageId([2; 16])));
-    }
-
-    #[test]
-    fn drop_where_removes_only_the_selected() {
-        let mut o = Outbox::default();
-        o.push(entry(1, "bob"), 10).unwrap();
-        o.push(entry(2, "carol"), 10).unwrap();
-        let dropped = o.drop_where(|e| e.target == Target::Direct(UserId::new("carol").unwrap()));
-        assert_eq!(dropped, vec![MessageId([2; 16])]);
-        assert_eq!(o.len(), 1);
         assert!(!o.contains(&MessageId([2; 16])));
     }
 }

@@ -671,6 +671,111 @@ fn without_rotation_on_remove_the_removed_member_reads_later_messages() {
     assert_eq!(leak_to_rogue_carol(&net, g, &kept, ciphertext, m2), vec![b"after carol left".to_vec()]);
 }
 
+/// Regression (found by the 1,024-member churn scenario): Alice's first group
+/// message goes out at once, while her sender key still waits in her outbox
+/// for the bundle of the member it is for; she then removes that member
+/// before the key left. The server fanned the message out to Carol (a member
+/// when it accepted it), so Carol holds it until the key comes. The old
+/// client dropped the queued key on the removal, leaving the message
+/// unreadable for good with nobody told. The key it carries is retired by the
+/// rotation, so it still goes, and nothing sealed afterwards opens with it.
+#[test]
+fn a_sender_key_queued_for_a_member_removed_meanwhile_still_reaches_it() {
+    let mut net = Net::with(&["alice", "bob", "carol"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob"), u("carol")], now)).unwrap();
+    net.pump();
+    // No pump in between: the GroupSend is on the wire, the distributions
+    // wait for bundles, and the removal follows.
+    let early = net.call("alice", |c, now| c.send_group(g, b"before the removal", now)).unwrap();
+    assert!(net.client("alice").outbox_len() >= 3, "the distributions are still queued");
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("carol")], now)).unwrap();
+    net.pump();
+    assert_eq!(net.client("carol").group(&g).unwrap(), (2, vec![u("alice"), u("bob")]), "carol was removed");
+    assert_eq!(net.client("carol").held_group_messages(), 0);
+    assert_eq!(net.messages("carol"), vec![(u("alice"), Some(g), early, b"before the removal".to_vec())]);
+    assert_eq!(net.bodies("bob"), vec![b"before the removal".to_vec()]);
+    // The rotation still shuts her out of what follows.
+    net.call("alice", |c, now| c.send_group(g, b"after the removal", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob").last().unwrap(), b"after the removal");
+    assert_eq!(net.bodies("carol"), vec![b"before the removal".to_vec()]);
+    assert_eq!(net.client("alice").outbox_len(), 0);
+}
+
+/// Regression (found by the 1,024-member churn scenario): version 2 of a
+/// group reaches Bob only after version 3 (a lost delivery comes again after
+/// what followed it). The old client rejected 3 for its gap, the server had
+/// its ack, and Bob's view stayed at 2 for good: he kept encrypting for the
+/// removed member and never heard of later ones. Now 3 waits for 2.
+#[test]
+fn a_group_change_overtaken_by_its_successor_is_applied_in_order() {
+    let mut net = Net::with(&["alice", "bob", "carol", "dave"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob"), u("carol")], now)).unwrap();
+    net.pump();
+    net.call("alice", |c, now| c.change_group(g, vec![u("dave")], vec![], now)).unwrap();
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("carol")], now)).unwrap();
+    let mut held_back = Vec::new();
+    net.pump_with(|name, f| match f {
+        ServerFrame::Deliver { item: Delivery::GroupChange(c), .. } if *name == u("bob") && c.version == 2 => {
+            held_back.push(f.clone());
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    assert_eq!(net.client("bob").group(&g).unwrap().0, 1, "version 3 waits for 2");
+    for frame in held_back {
+        net.call("bob", |c, now| c.handle_frame(frame, now));
+    }
+    net.pump();
+    assert_eq!(net.client("bob").group(&g).unwrap(), (3, vec![u("alice"), u("bob"), u("dave")]));
+    assert!(
+        !net.nodes[&u("bob")].events.iter().any(|e| matches!(e, AppEvent::GroupChangeRejected { .. })),
+        "{:?}",
+        net.nodes[&u("bob")].events
+    );
+    // Bob's next message goes to the membership he now knows.
+    net.call("bob", |c, now| c.send_group(g, b"hi dave", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("dave"), vec![b"hi dave".to_vec()]);
+    assert!(net.bodies("carol").is_empty());
+}
+
+/// Regression (found by the 1,024-member churn scenario): Alice's group
+/// message to Carol is lost on its way, Alice removes Carol, and the server's
+/// redelivery reaches Carol after she applied her removal. The server
+/// accepted the message for her while she was a member; the old client had
+/// dropped every sender key of the group on leaving, so it was held unread
+/// for good. Carol keeps the keys she had, which open nothing sealed later.
+#[test]
+fn a_group_message_redelivered_after_our_removal_is_still_shown() {
+    let mut net = Net::with(&["alice", "bob", "carol"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob"), u("carol")], now)).unwrap();
+    net.pump();
+    let id = net.call("alice", |c, now| c.send_group(g, b"just before", now)).unwrap();
+    let mut lost = false;
+    net.pump_with(|name, f| match f {
+        ServerFrame::Deliver { item: Delivery::Envelope(e), .. }
+            if *name == u("carol") && e.kind == EnvelopeKind::Group && !lost =>
+        {
+            lost = true;
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    assert!(lost && net.messages("carol").is_empty());
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("carol")], now)).unwrap();
+    net.pump();
+    assert_eq!(net.client("carol").group(&g).unwrap(), (2, vec![u("alice"), u("bob")]), "carol applied her removal");
+    net.advance(ServerConfig::default().ack_timeout_ms + 1);
+    assert_eq!(net.messages("carol"), vec![(u("alice"), Some(g), id, b"just before".to_vec())]);
+    assert_eq!(net.client("carol").held_group_messages(), 0);
+    // What Alice seals after the removal stays closed to her.
+    net.call("alice", |c, now| c.send_group(g, b"after", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![b"just before".to_vec(), b"after".to_vec()]);
+    assert_eq!(net.bodies("carol"), vec![b"just before".to_vec()]);
+}
+
 #[test]
 fn a_group_message_before_its_sender_key_is_held_then_shown() {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());

@@ -301,6 +301,10 @@ pub struct Server {
     accepted_expiry: BTreeSet<(u64, DeviceAddress, MessageId)>,
     blobs: BTreeMap<BlobId, Blob>,
     conns: BTreeMap<ConnId, Conn>,
+    /// (deadline, connection) of every connection still unauthenticated, so
+    /// `poll_timeout` does not walk every connection (it is asked after every
+    /// step of a simulation with thousands of them).
+    auth_deadlines: BTreeSet<(u64, ConnId)>,
     online: BTreeMap<DeviceAddress, ConnId>,
     out: VecDeque<ServerOutput>,
     /// Connections told to close during the current call; they are
@@ -371,6 +375,7 @@ impl Server {
             accepted_expiry: BTreeSet::new(),
             blobs: BTreeMap::new(),
             conns: BTreeMap::new(),
+            auth_deadlines: BTreeSet::new(),
             online: BTreeMap::new(),
             out: VecDeque::new(),
             closing: Vec::new(),
@@ -568,14 +573,7 @@ impl Server {
         let presence = self.presence.next_deadline_ms();
         let accepted = self.accepted_expiry.first().map(|(t, ..)| *t);
         let blobs = self.blobs.values().map(|b| b.expires_at_ms).min();
-        let auth = self
-            .conns
-            .values()
-            .filter_map(|c| match c.auth {
-                Auth::Pending { since_ms, .. } => Some(since_ms + AUTH_TIMEOUT_MS),
-                Auth::Device(_) => None,
-            })
-            .min();
+        let auth = self.auth_deadlines.first().map(|(t, _)| *t);
         [mailbox, presence, accepted, blobs, auth].into_iter().flatten().min()
     }
 
@@ -583,16 +581,20 @@ impl Server {
     pub fn handle_connect(&mut self, conn: ConnId, now_ms: u64) {
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
-        self.conns.insert(
+        if let Some(old) = self.conns.insert(
             conn,
             Conn { auth: Auth::Pending { nonce, since_ms: now_ms }, bucket: Bucket::new(now_ms), errors: 0 },
-        );
+        ) {
+            self.forget_auth_deadline(conn, &old.auth);
+        }
+        self.auth_deadlines.insert((now_ms + AUTH_TIMEOUT_MS, conn));
         self.send(conn, ServerFrame::Challenge { nonce });
     }
 
     /// A connection closed. Its in-flight deliveries go back to the queue.
     pub fn handle_disconnect(&mut self, conn: ConnId, now_ms: u64, store: &mut dyn Store) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        self.forget_auth_deadline(conn, &c.auth);
         if let Auth::Device(addr) = c.auth {
             if self.online.get(&addr) == Some(&conn) {
                 self.online.remove(&addr);
@@ -685,14 +687,13 @@ impl Server {
 
     /// Timers: ack timeouts, TTL expiry, presence pushes, housekeeping.
     pub fn handle_timeout(&mut self, now_ms: u64, store: &mut dyn Store) {
-        let stale: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.auth, Auth::Pending { since_ms, .. } if since_ms + AUTH_TIMEOUT_MS <= now_ms))
-            .map(|(id, _)| *id)
-            .collect();
+        // In connection order, as a walk over every connection would give.
+        let stale: BTreeSet<ConnId> =
+            self.auth_deadlines.iter().take_while(|(t, _)| *t <= now_ms).map(|(_, c)| *c).collect();
         for conn in stale {
-            self.conns.remove(&conn);
+            if let Some(c) = self.conns.remove(&conn) {
+                self.forget_auth_deadline(conn, &c.auth);
+            }
             self.out.push_back(ServerOutput::Close { conn, reason: "not authenticated in time".into() });
         }
         let due: Vec<DeviceAddress> =
@@ -835,7 +836,9 @@ impl Server {
         // the old one's in-flight deliveries go back to the queue and it is closed.
         if let Some(old) = self.online.insert(addr.clone(), conn) {
             if old != conn {
-                self.conns.remove(&old);
+                if let Some(c) = self.conns.remove(&old) {
+                    self.forget_auth_deadline(old, &c.auth);
+                }
                 if let Some(m) = self.mailboxes.get_mut(&addr) {
                     m.requeue_all();
                 }
@@ -843,7 +846,8 @@ impl Server {
             }
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.auth = Auth::Device(addr.clone());
+            let was = std::mem::replace(&mut c.auth, Auth::Device(addr.clone()));
+            self.forget_auth_deadline(conn, &was);
         }
         self.send(conn, ServerFrame::Welcome { server_ts_ms: now_ms });
         self.presence.set_online(&addr.user, true, now_ms);
@@ -1499,6 +1503,13 @@ impl Server {
 
     fn send(&mut self, conn: ConnId, frame: ServerFrame) {
         self.out.push_back(ServerOutput::Frame { conn, frame });
+    }
+
+    /// `conn` left the unauthenticated state `auth` (logged in or gone).
+    fn forget_auth_deadline(&mut self, conn: ConnId, auth: &Auth) {
+        if let Auth::Pending { since_ms, .. } = auth {
+            self.auth_deadlines.remove(&(since_ms + AUTH_TIMEOUT_MS, conn));
+        }
     }
 
     fn refuse(&mut self, conn: ConnId, r: Refusal) {

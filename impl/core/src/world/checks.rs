@@ -108,22 +108,34 @@ impl World {
     }
 
     /// A frame is about to reach the server from `user`: note what the
-    /// oracle must know before the server acts on it.
-    pub(super) fn before_server_frame(&mut self, user: &UserId, conn: ConnId, kind: &str, bytes: &[u8]) {
+    /// oracle must know before the server acts on it. Returns the decoded
+    /// frame when it carries what the oracle takes as applied only if the
+    /// server accepted it (see [`World::server_frame_accepted`]).
+    pub(super) fn before_server_frame(&mut self, conn: ConnId, kind: &str, bytes: &[u8]) -> Option<ClientFrame> {
         match kind {
-            "presence-subscribe" => self.subscribe_conn = Some(conn),
-            "presence-privacy" | "delivery-ack" => match wire::decode::<ClientFrame>(bytes) {
-                Ok(ClientFrame::PresencePrivacy { visibility, contacts }) => {
-                    let p = &mut self.history.presence;
-                    p.settings.insert(user.clone(), (visibility, contacts.into_iter().collect()));
-                    p.setting_changed_at_ms.insert(user.clone(), self.now_ms);
-                }
-                Ok(ClientFrame::DeliveryAck { seqs }) => {
-                    let addr = device_of(user);
-                    self.acked.extend(seqs.into_iter().map(|s| (addr.clone(), s)));
-                }
-                _ => {}
-            },
+            "presence-subscribe" => {
+                self.subscribe_conn = Some(conn);
+                None
+            }
+            "presence-privacy" | "delivery-ack" => wire::decode::<ClientFrame>(bytes).ok(),
+            _ => None,
+        }
+    }
+
+    /// The server handled `frame` from `user` without refusing it (a frame
+    /// refused by the rate limit is dropped unread, protocol 3): its privacy
+    /// setting now applies, and its acked items must go.
+    pub(super) fn server_frame_accepted(&mut self, user: &UserId, frame: ClientFrame) {
+        match frame {
+            ClientFrame::PresencePrivacy { visibility, contacts } => {
+                let p = &mut self.history.presence;
+                p.settings.insert(user.clone(), (visibility, contacts.into_iter().collect()));
+                p.setting_changed_at_ms.insert(user.clone(), self.now_ms);
+            }
+            ClientFrame::DeliveryAck { seqs } => {
+                let addr = device_of(user);
+                self.acked.extend(seqs.into_iter().map(|s| (addr.clone(), s)));
+            }
             _ => {}
         }
     }
@@ -161,9 +173,6 @@ impl World {
                 let reply = self.subscribe_conn == Some(conn);
                 self.observe_presence(user, target, *last_seen, reply);
                 return reply;
-            }
-            ServerFrame::MediaStored { .. } => {
-                self.scan_table(crate::store::Table::Blobs);
             }
             _ => {}
         }
@@ -321,12 +330,12 @@ impl World {
         if !self.removed_copies.iter().any(|c| !c.settled && c.user == *user) {
             return;
         }
-        let Some(d) = self.devices.get(user) else { return };
-        let Some(client) = d.client.as_ref() else { return };
+        let Some(saved) = self.saved_state(user) else { return };
+        let Some(client) = self.devices.get(user).and_then(|d| d.client.as_ref()) else { return };
         for copy in self.removed_copies.iter_mut().filter(|c| !c.settled && c.user == *user) {
             let still_member = client.group(&copy.group).is_some_and(|(_, m)| m.contains(user));
             if still_member {
-                copy.saved = d.saved.clone();
+                copy.saved = saved.clone();
             } else {
                 copy.settled = true;
             }
