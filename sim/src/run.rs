@@ -289,7 +289,9 @@ fn make_driver(kind: DriverKind, config: &DriverConfig, compromise: bool) -> Res
     match kind {
         DriverKind::Direct => Ok(Box::new(DirectDriver::new(config, compromise))),
         DriverKind::Turmoil => {
-            Ok(Box::new(crate::turmoil::TurmoilDriver::new(crate::turmoil::TurmoilConfig::from_driver(config))?))
+            let mut turmoil = crate::turmoil::TurmoilConfig::from_driver(config);
+            turmoil.world.record_ciphertexts = compromise;
+            Ok(Box::new(crate::turmoil::TurmoilDriver::new(turmoil)?))
         }
     }
 }
@@ -771,6 +773,8 @@ impl Runner<'_> {
             } else if !found.is_empty() {
                 (VerdictState::Violated, None)
             } else if let Some(why) = invariants::not_applicable(inv, s) {
+                (VerdictState::NotChecked, Some(why.to_owned()))
+            } else if let Some(why) = invariants::not_judged_by(inv, kind) {
                 (VerdictState::NotChecked, Some(why.to_owned()))
             } else {
                 (VerdictState::Held, None)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bluetick_core::client::{Client, ClientConfig, SavedClient};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
+use bluetick_core::wire::Visibility;
 use bluetick_core::world::oracle::Violation;
 use bluetick_core::world::EPOCH_MS;
 use bluetick_net::client::{run_client_over, ClientHandle, ClientOptions, StateSaver};
@@ -32,6 +33,9 @@ use super::record::{DeviceObserver, Record, SharedLog};
 pub(crate) enum FarmCommand {
     SendText { from: UserId, to: UserId, body: Vec<u8>, reply: oneshot::Sender<Option<MessageId>> },
     SendGroup { from: UserId, group: GroupId, body: Vec<u8>, reply: oneshot::Sender<Option<MessageId>> },
+    SendMedia { from: UserId, to: UserId, bytes: Vec<u8>, reply: oneshot::Sender<Option<MessageId>> },
+    SetPresencePrivacy { owner: UserId, visibility: Visibility, contacts: Vec<UserId>, reply: oneshot::Sender<bool> },
+    SubscribePresence { subscriber: UserId, targets: Vec<UserId>, reply: oneshot::Sender<bool> },
     CreateGroup { from: UserId, members: Vec<UserId>, reply: oneshot::Sender<Option<GroupId>> },
     ChangeGroup { admin: UserId, group: GroupId, add: Vec<UserId>, remove: Vec<UserId>, reply: oneshot::Sender<bool> },
     MarkRead { reader: UserId, peer: UserId },
@@ -172,6 +176,24 @@ pub(crate) async fn run_farm(devices: Vec<Device>, mut commands: mpsc::Receiver<
                 let Some(h) = handle(&from) else { continue };
                 tokio::spawn(async move {
                     let _ = reply.send(h.send_group(group, body).await.ok().and_then(Result::ok));
+                });
+            }
+            FarmCommand::SendMedia { from, to, bytes, reply } => {
+                let Some(h) = handle(&from) else { continue };
+                tokio::spawn(async move {
+                    let _ = reply.send(h.send_media(to, bytes).await.ok().and_then(Result::ok));
+                });
+            }
+            FarmCommand::SetPresencePrivacy { owner, visibility, contacts, reply } => {
+                let Some(h) = handle(&owner) else { continue };
+                tokio::spawn(async move {
+                    let _ = reply.send(matches!(h.set_presence_privacy(visibility, contacts).await, Ok(Ok(()))));
+                });
+            }
+            FarmCommand::SubscribePresence { subscriber, targets, reply } => {
+                let Some(h) = handle(&subscriber) else { continue };
+                tokio::spawn(async move {
+                    let _ = reply.send(matches!(h.subscribe_presence(targets).await, Ok(Ok(()))));
                 });
             }
             FarmCommand::CreateGroup { from, members, reply } => {

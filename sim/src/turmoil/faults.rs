@@ -72,7 +72,15 @@ fn roll(rng: &mut ChaCha20Rng, per_mille: u32) -> bool {
 }
 
 impl DeviceTap {
-    fn fate(&self, direction: Direction, kind: &'static str, delivery_kind: Option<&'static str>) -> FrameFate {
+    /// The fate of one frame; `about` is the user a presence frame is about
+    /// (a fault on it excuses that pair from the presence check).
+    fn fate(
+        &self,
+        direction: Direction,
+        kind: &'static str,
+        delivery_kind: Option<&'static str>,
+        about: Option<&UserId>,
+    ) -> FrameFate {
         let mut plan = lock(&self.plan);
         let mut rng = lock(&self.rng);
         let mut actions = Vec::new();
@@ -85,7 +93,8 @@ impl DeviceTap {
         if !actions.is_empty() {
             let at_ms = sim_now_ms();
             for action in actions {
-                log.push(Record::Fault { at_ms, user: self.user.clone(), direction, kind, action });
+                let about = about.cloned();
+                log.push(Record::Fault { at_ms, user: self.user.clone(), direction, kind, action, about });
             }
         }
         fate
@@ -157,11 +166,15 @@ impl DeviceTap {
 
 impl FrameTap for DeviceTap {
     fn outgoing(&self, frame: &ClientFrame, _now_ms: u64) -> FrameFate {
-        self.fate(Direction::ToServer, frame.kind(), None)
+        self.fate(Direction::ToServer, frame.kind(), None, None)
     }
 
     fn incoming(&self, frame: &ServerFrame, _now_ms: u64) -> FrameFate {
-        self.fate(Direction::ToClient, frame.kind(), frame.delivery_kind())
+        let about = match frame {
+            ServerFrame::Presence { user, .. } => Some(user),
+            _ => None,
+        };
+        self.fate(Direction::ToClient, frame.kind(), frame.delivery_kind(), about)
     }
 }
 
@@ -195,14 +208,14 @@ mod tests {
         let mut plan = FaultPlan::new(Faults::NONE);
         plan.add(fault("delivery-ack", Direction::ToServer, Some("bob")));
         let t = tap(plan);
-        assert!(t.fate(Direction::ToServer, "delivery-ack", None).copies.is_empty());
-        assert_eq!(t.fate(Direction::ToServer, "send", None).copies.len(), 1);
-        assert_eq!(t.fate(Direction::ToClient, "delivery-ack", None).copies.len(), 1);
+        assert!(t.fate(Direction::ToServer, "delivery-ack", None, None).copies.is_empty());
+        assert_eq!(t.fate(Direction::ToServer, "send", None, None).copies.len(), 1);
+        assert_eq!(t.fate(Direction::ToClient, "delivery-ack", None, None).copies.len(), 1);
         let counts = &lock(&t.plan).counts;
         assert_eq!((counts[0].matched, counts[0].dropped), (1, 1));
         let mut other = FaultPlan::new(Faults::NONE);
         other.add(fault("delivery-ack", Direction::ToServer, Some("alice")));
-        assert_eq!(tap(other).fate(Direction::ToServer, "delivery-ack", None).copies.len(), 1);
+        assert_eq!(tap(other).fate(Direction::ToServer, "delivery-ack", None, None).copies.len(), 1);
     }
 
     #[test]
@@ -211,8 +224,8 @@ mod tests {
         let rule = fault("deliver-receipt", Direction::ToClient, None);
         plan.add(FrameFault { drop_per_mille: 0, duplicate_per_mille: 1000, delay_ms: 40, ..rule });
         let t = tap(plan);
-        assert_eq!(t.fate(Direction::ToClient, "deliver", Some("deliver-envelope")).copies, vec![Duration::ZERO]);
-        let fate = t.fate(Direction::ToClient, "deliver", Some("deliver-receipt"));
+        assert_eq!(t.fate(Direction::ToClient, "deliver", Some("deliver-envelope"), None).copies, vec![Duration::ZERO]);
+        let fate = t.fate(Direction::ToClient, "deliver", Some("deliver-receipt"), None);
         assert_eq!(fate.copies, vec![Duration::from_millis(40); 2]);
         let (records, _) = lock(&t.log).take();
         assert_eq!(records.len(), 2, "{records:?}");
@@ -223,8 +236,8 @@ mod tests {
         let mut plan = FaultPlan::new(Faults::NONE);
         plan.cut.insert(UserId::new("bob").unwrap(), Some(Direction::ToClient));
         let t = tap(plan);
-        assert!(t.fate(Direction::ToClient, "deliver", None).copies.is_empty());
-        assert_eq!(t.fate(Direction::ToServer, "send", None).copies, vec![Duration::ZERO]);
+        assert!(t.fate(Direction::ToClient, "deliver", None, None).copies.is_empty());
+        assert_eq!(t.fate(Direction::ToServer, "send", None, None).copies, vec![Duration::ZERO]);
         // No fault with a chance above zero: the generator was never used.
         let untouched = ChaCha20Rng::seed_from_u64(1).next_u64();
         assert_eq!(lock(&t.rng).next_u64(), untouched);

@@ -46,9 +46,23 @@
 //!
 //! App commands reach a farm through a channel and take effect inside the
 //! simulation at its next tick; those that return a value
-//! ([`Driver::send_text`], groups) step the simulation until the device
-//! answers, usually one tick. What the apps see is recorded by observers in
-//! the hosts and fed to the oracle's [`History`] after every tick.
+//! ([`Driver::send_text`], media, groups, presence) step the simulation
+//! until the device answers, usually one tick. What the apps see is recorded
+//! by observers in the hosts and fed to the oracle's [`History`] after every
+//! tick.
+//!
+//! # Oracle parity with the direct driver
+//! The counters and checks the `World` computes from its view of every frame
+//! are computed here from the observers' records: redeliveries and the
+//! first-hand-out order (`per-conversation-order`) from what the server
+//! hands out per user; duplicates the clients absorb from the envelopes that
+//! reach each core; delivery latencies from `app` trace lines in the
+//! `World`'s format; presence (`presence-privacy`, `presence-throttle`,
+//! `presence-converges`) against the server's own view of who is online and
+//! which setting reached it; forward secrecy by opening, with a copy of a
+//! device's last save, every envelope it had received and decrypted. Not
+//! computed here: `retention`, `removed-member-cannot-read`, and the scan of
+//! the server's memory for plaintext (its writes to the store are scanned).
 
 mod farm;
 pub mod faults;
@@ -60,10 +74,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bluetick_core::client::ClientConfig;
-use bluetick_core::ids::{DeviceId, GroupId, MessageId, UserId};
+use bluetick_core::client::{Client, ClientConfig, SavedClient};
+use bluetick_core::ids::{DeviceAddress, DeviceId, GroupId, MessageId, UserId};
+use bluetick_core::server::presence::PRESENCE_PUSH_INTERVAL_MS;
 use bluetick_core::server::ServerConfig;
 use bluetick_core::store::{MemoryStore, Store, Table};
+use bluetick_core::wire::{Envelope, LastSeen, Visibility};
 use bluetick_core::world::oracle::{names as invariant, History, SentMessage, Violation};
 use bluetick_core::world::{Faults, WorldConfig, EPOCH_MS};
 use bluetick_net::server::{run_server, ServerOptions};
@@ -248,6 +264,24 @@ pub struct TurmoilDriver {
     /// turmoil partitions in force: (farm, direction cut).
     net_cuts: Vec<(usize, Option<Direction>)>,
     ticks: u64,
+    /// Each device's save slot (what an adversary copies).
+    slots: BTreeMap<UserId, Arc<SaveSlot>>,
+    /// (recipient, sender, id) → the first copy of each envelope that
+    /// reached a core, when ciphertexts are kept.
+    delivered: BTreeMap<(UserId, DeviceAddress, MessageId), Envelope>,
+    /// Envelopes that reached a core whose app has not shown them yet: a
+    /// second copy before the app shows the first is also absorbed.
+    unshown: BTreeSet<(UserId, MessageId)>,
+    /// Per user: highest mailbox seq handed out so far and every seq seen.
+    handed_out: BTreeMap<UserId, (u64, BTreeSet<u64>)>,
+    /// A client with unsent work retries after this long (presence settling).
+    resend_after_ms: u64,
+    /// Records applied so far: orders events within one millisecond.
+    applied: u64,
+    /// Per owner: the record that last applied its privacy setting.
+    setting_applied: BTreeMap<UserId, u64>,
+    /// Per (subscriber, user): the record of the last presence sent.
+    presence_sent_at: BTreeMap<(UserId, UserId), u64>,
 }
 
 impl std::fmt::Debug for TurmoilDriver {
@@ -335,6 +369,7 @@ impl TurmoilDriver {
         let mut farms = Vec::new();
         let mut farm_of = BTreeMap::new();
         let mut clocks = BTreeMap::new();
+        let mut slots = BTreeMap::new();
         for (index, users) in layout.into_iter().enumerate() {
             let host = format!("farm-{index}");
             let mut devices = Vec::new();
@@ -349,18 +384,20 @@ impl TurmoilDriver {
                 let clock = Arc::new(SimClock::new());
                 clocks.insert(user.clone(), clock.clone());
                 farm_of.insert(user.clone(), index);
+                let slot = Arc::new(SaveSlot {
+                    user: user.clone(),
+                    config: config.clone(),
+                    saved: Mutex::new(None),
+                    verify: world.verify_saves,
+                    log: log.clone(),
+                });
+                slots.insert(user.clone(), slot.clone());
                 devices.push(Device {
                     user: user.clone(),
-                    initial: Some(bluetick_core::client::Client::new(config.clone(), seed, EPOCH_MS)),
+                    initial: Some(Client::new(config, seed, EPOCH_MS)),
                     seed,
                     jitter_seed: root.next_u64(),
-                    slot: Arc::new(SaveSlot {
-                        user: user.clone(),
-                        config,
-                        saved: Mutex::new(None),
-                        verify: world.verify_saves,
-                        log: log.clone(),
-                    }),
+                    slot,
                     clock,
                     tap: Arc::new(DeviceTap {
                         user: user.clone(),
@@ -368,7 +405,11 @@ impl TurmoilDriver {
                         rng: Mutex::new(ChaCha20Rng::seed_from_u64(root.next_u64())),
                         log: log.clone(),
                     }),
-                    observer: Arc::new(DeviceObserver { user: user.clone(), log: log.clone() }),
+                    observer: Arc::new(DeviceObserver {
+                        user: user.clone(),
+                        log: log.clone(),
+                        record_ciphertexts: world.record_ciphertexts,
+                    }),
                     timing: timing.clone(),
                     incarnation: 0,
                     want_online: true,
@@ -393,6 +434,14 @@ impl TurmoilDriver {
             group_of: BTreeMap::new(),
             net_cuts: Vec::new(),
             ticks: 0,
+            slots,
+            delivered: BTreeMap::new(),
+            unshown: BTreeSet::new(),
+            handed_out: BTreeMap::new(),
+            resend_after_ms: world.client_resend_after_ms,
+            applied: 0,
+            setting_applied: BTreeMap::new(),
+            presence_sent_at: BTreeMap::new(),
         })
     }
 
@@ -465,16 +514,25 @@ impl TurmoilDriver {
 
     /// Feeds one record to the history, as `World::after_client` does.
     fn apply(&mut self, record: Record) {
+        self.applied += 1;
         let h = &mut self.history;
         let found = match record {
-            Record::Sent { at_ms, from, to, id, body, group } => {
+            Record::Sent { at_ms, from, to, id, body, group, media } => {
                 let detail = match group {
                     None => format!("from={from} to={} id={id:?} len={}", names_of(&to), body.len()),
                     Some(g) => format!("from={from} group={g:?} id={id:?} len={}", body.len()),
                 };
-                self.trace_at(at_ms, if group.is_some() { "send-group" } else { "send" }, detail);
+                let event = match (group.is_some(), media) {
+                    (true, _) => "send-group",
+                    (false, true) => "send-media",
+                    (false, false) => "send",
+                };
+                self.trace_at(at_ms, event, detail);
                 if let Some(g) = group {
                     self.group_of.insert(id, g);
+                }
+                if media {
+                    self.history.media.insert(id);
                 }
                 self.history.sent.insert(id, SentMessage { from, to, body });
                 Vec::new()
@@ -509,11 +567,82 @@ impl TurmoilDriver {
                 self.trace_at(at_ms, "mark-group-read", format!("reader={reader} group={group:?}"));
                 Vec::new()
             }
-            Record::Received { at_ms, user, id, body } => {
+            Record::Received { at_ms, user, from, group, id, body, media } => {
+                // The `World`'s format: the runner reads latencies from these lines.
+                let detail = match (&body, media) {
+                    (None, _) => format!("user={user} event=undecryptable from={from} id={id:?}"),
+                    (Some(b), true) => format!("user={user} event=media from={from} id={id:?} len={}", b.len()),
+                    (Some(b), false) => {
+                        format!("user={user} event=message from={from} group={group:?} id={id:?} len={}", b.len())
+                    }
+                };
+                if media {
+                    h.counts.media_deliveries += 1;
+                }
                 let v = h.app_received(&user, id, body.as_deref(), at_ms);
-                let how = if body.is_some() { "" } else { " undecryptable" };
-                self.trace_at(at_ms, "app-receive", format!("user={user} id={id:?}{how}"));
+                self.unshown.remove(&(user, id));
+                self.trace_at(at_ms, "app", detail);
                 v
+            }
+            Record::PresenceShown { at_ms, user, target, last_seen } => {
+                h.counts.presence_shown += 1;
+                let detail = format!("user={user} event=presence of={target} last_seen={last_seen:?}");
+                h.presence.shown.insert((user, target), last_seen);
+                self.trace_at(at_ms, "app", detail);
+                Vec::new()
+            }
+            Record::Subscribed { at_ms, user, users } => {
+                h.presence.subscribed_at_ms.insert(user.clone(), at_ms);
+                self.trace_at(at_ms, "presence-subscribe", format!("user={user} users={}", names(&users)));
+                Vec::new()
+            }
+            Record::EnvelopeIn { user, id, envelope } => {
+                let key = (user, id);
+                if h.received.contains_key(&key) || !self.unshown.insert(key.clone()) {
+                    h.counts.duplicates_suppressed += 1;
+                }
+                if let Some(env) = envelope {
+                    self.delivered.entry((key.0, env.from.clone(), id)).or_insert(*env);
+                }
+                Vec::new()
+            }
+            Record::HandedOut { at_ms, user, seq } => {
+                let (max, seen) = self.handed_out.entry(user.clone()).or_default();
+                if !seen.insert(seq) {
+                    h.counts.redeliveries += 1;
+                    Vec::new()
+                } else if seq < *max {
+                    vec![Violation {
+                        invariant: invariant::ORDER,
+                        at_ms,
+                        detail: format!("{user:?}'s item {seq} was handed out for the first time after item {max}"),
+                    }]
+                } else {
+                    *max = seq;
+                    Vec::new()
+                }
+            }
+            Record::Online { at_ms, user } => {
+                self.presence_changed(at_ms, user, true);
+                Vec::new()
+            }
+            Record::Offline { at_ms, user } => {
+                self.presence_changed(at_ms, user, false);
+                Vec::new()
+            }
+            Record::PrivacyApplied { at_ms, user, visibility, contacts } => {
+                let detail = format!("user={user} visibility={visibility:?} contacts={}", contacts.len());
+                h.presence.settings.insert(user.clone(), (visibility, contacts.into_iter().collect()));
+                h.presence.setting_changed_at_ms.insert(user.clone(), at_ms);
+                self.setting_applied.insert(user, self.applied);
+                self.trace_at(at_ms, "privacy-applied", detail);
+                Vec::new()
+            }
+            Record::PresenceSent { at_ms, subscriber, target, last_seen, reply } => {
+                let what = if reply { "reply" } else { "push" };
+                let detail = format!("user={subscriber} of={target} last_seen={last_seen:?} as={what}");
+                self.trace_at(at_ms, "presence-sent", detail);
+                self.presence_sent(at_ms, subscriber, target, last_seen, reply)
             }
             Record::Status { at_ms, sender, id, peer, state } => {
                 let v = h.status_shown(id, &peer, state, at_ms);
@@ -533,7 +662,12 @@ impl TurmoilDriver {
                 }],
                 None => Vec::new(),
             },
-            Record::Fault { at_ms, user, direction, kind, action } => {
+            Record::Fault { at_ms, user, direction, kind, action, about } => {
+                // A presence frame hit by a fault: its app may lag the truth
+                // until the next subscribe reply.
+                if let Some(target) = about {
+                    h.presence.excused.insert((user.clone(), target));
+                }
                 let fate = match action {
                     FaultAction::Dropped => {
                         h.counts.frames_dropped += 1;
@@ -563,6 +697,169 @@ impl TurmoilDriver {
             Record::Violation(v) => vec![v],
         };
         self.violations.extend(found);
+    }
+
+    /// The server's view of `user` changed: online (welcomed) or offline
+    /// (its current connection ended, or the server died).
+    fn presence_changed(&mut self, at_ms: u64, user: UserId, online: bool) {
+        let p = &mut self.history.presence;
+        if p.online.insert(user.clone(), online) != Some(online) {
+            p.last_seen_ms.insert(user.clone(), at_ms);
+            p.changed_at_ms.insert(user.clone(), at_ms);
+            let event = if online { "server-online" } else { "server-offline" };
+            self.trace_at(at_ms, event, format!("user={user}"));
+        }
+    }
+
+    /// The server sent `subscriber` `target`'s presence: `presence-privacy`
+    /// and `presence-throttle`, as the `World` judges every such frame.
+    fn presence_sent(
+        &mut self,
+        at_ms: u64,
+        subscriber: UserId,
+        target: UserId,
+        last_seen: LastSeen,
+        reply: bool,
+    ) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let p = &mut self.history.presence;
+        let key = (subscriber, target);
+        let previous = p.last_sent_ms.insert(key.clone(), at_ms);
+        let previous_record = self.presence_sent_at.insert(key.clone(), self.applied);
+        let (subscriber, target) = &key;
+        if !p.permits(target, subscriber) {
+            if last_seen != LastSeen::LongAgo {
+                out.push(Violation {
+                    invariant: invariant::PRESENCE_PRIVACY,
+                    at_ms,
+                    detail: format!(
+                        "{subscriber:?} was sent {target:?}'s presence {last_seen:?}, which {target:?}'s setting excludes it from"
+                    ),
+                });
+            }
+            // In record order, not by the millisecond: a setting applied in
+            // the same millisecond as, but after, the previous frame is a change.
+            let setting_at = self.setting_applied.get(target).copied().unwrap_or(0);
+            if !reply && previous_record.is_some_and(|prev| setting_at < prev) {
+                out.push(Violation {
+                    invariant: invariant::PRESENCE_PRIVACY,
+                    at_ms,
+                    detail: format!(
+                        "{subscriber:?} was pushed {target:?}'s presence with no change of setting: the timing of {target:?}'s activity leaks"
+                    ),
+                });
+            }
+        }
+        if reply {
+            // The reply brings the subscriber up to date (a fault on its way
+            // excuses the pair again: the tap's record comes after this one).
+            p.excused.remove(&key);
+            return out;
+        }
+        self.history.counts.presence_pushes += 1;
+        if let Some(prev) = previous {
+            if at_ms < prev.saturating_add(PRESENCE_PUSH_INTERVAL_MS) {
+                out.push(Violation {
+                    invariant: invariant::PRESENCE_THROTTLE,
+                    at_ms,
+                    detail: format!(
+                        "{subscriber:?} was pushed {target:?}'s presence {} ms after the previous one (limit {PRESENCE_PUSH_INTERVAL_MS} ms)",
+                        at_ms - prev
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// How long a (subscriber, user) pair must have been quiet before its
+    /// presence is judged: the `World`'s bound (push interval, one client
+    /// resend, four worst-case one-way latencies, a second of margin).
+    pub fn presence_settle_ms(&self) -> u64 {
+        let f = lock(&self.plan).faults;
+        PRESENCE_PUSH_INTERVAL_MS + self.resend_after_ms + 4 * f.latency_max_ms.max(f.latency_min_ms) + 1_000
+    }
+
+    /// `presence-converges` now, as `World::check_presence`: each logged-in
+    /// subscriber the server counts online is shown the truth of every user
+    /// it follows, for pairs quiet for [`TurmoilDriver::presence_settle_ms`].
+    pub fn check_presence(&mut self) -> Vec<Violation> {
+        let now = self.now_ms();
+        let cutoff = now.saturating_sub(self.presence_settle_ms());
+        let (ready, subscriptions) = {
+            let log = lock(&self.log);
+            (log.ready.clone(), log.subscriptions.clone())
+        };
+        let truth = &self.history.presence;
+        let quiet = |map: &BTreeMap<UserId, u64>, u: &UserId| map.get(u).is_none_or(|t| *t <= cutoff);
+        let mut out = Vec::new();
+        let (mut checked, mut excused) = (0u64, 0u64);
+        for (s, follows) in &subscriptions {
+            let online = truth.online.get(s).copied().unwrap_or(false);
+            if ready.get(s) != Some(&true) || !online || !quiet(&truth.changed_at_ms, s) {
+                continue;
+            }
+            if !quiet(&truth.subscribed_at_ms, s) {
+                excused += follows.len() as u64;
+                continue;
+            }
+            for t in follows {
+                let want = truth.view(t, s, now);
+                let settled = quiet(&truth.changed_at_ms, t)
+                    && quiet(&truth.setting_changed_at_ms, t)
+                    && want == truth.view(t, s, cutoff)
+                    && !truth.excused.contains(&(s.clone(), t.clone()));
+                if !settled {
+                    excused += 1;
+                    continue;
+                }
+                checked += 1;
+                let shown = truth.shown.get(&(s.clone(), t.clone()));
+                if shown != Some(&want) {
+                    out.push(Violation {
+                        invariant: invariant::PRESENCE_CONVERGES,
+                        at_ms: now,
+                        detail: format!("{s:?} shows {t:?} as {shown:?}, the truth is {want:?}"),
+                    });
+                }
+            }
+        }
+        self.history.counts.presence_pairs_checked += checked;
+        self.history.counts.presence_pairs_excused += excused;
+        out
+    }
+
+    /// Whether any app follows anyone's presence (quiesce then lets it settle).
+    fn presence_followed(&self) -> bool {
+        lock(&self.log).subscriptions.values().any(|v| !v.is_empty())
+    }
+
+    /// `forward-secrecy`: `saved` (a copy of `user`'s device) against every
+    /// envelope `user` had received and decrypted. Returns how many were tried.
+    fn check_forward_secrecy(&mut self, user: &UserId, config: ClientConfig, saved: &SavedClient) -> u64 {
+        let Ok(mut adversary) = Client::restore(config, saved) else { return 0 };
+        let now = self.now_ms();
+        let mut tried = 0u64;
+        let mut found = Vec::new();
+        for ((to, _, id), envelope) in &self.delivered {
+            if to != user || !self.history.decrypted.contains(&(user.clone(), *id)) {
+                continue;
+            }
+            tried += 1;
+            if adversary.adversary_open(envelope).is_some() {
+                found.push(Violation {
+                    invariant: invariant::FORWARD_SECRECY,
+                    at_ms: now,
+                    detail: format!(
+                        "a copy of {user:?}'s state decrypts {id:?} from {:?}, which it had already received",
+                        envelope.from.user
+                    ),
+                });
+            }
+        }
+        self.history.counts.adversary_attempts += tried;
+        self.violations.extend(found);
+        tried
     }
 
     /// Copies the live counters into the history's counts.
@@ -598,10 +895,18 @@ impl TurmoilDriver {
         farm.commands.try_send(command).is_ok()
     }
 
-    /// Whether nothing is left to do: no outbox holds anything, no mailbox
-    /// holds anything, and nothing is on the wire.
+    /// Whether nothing is left to do: every device is logged in (quiesce
+    /// wants them all online), no outbox or media queue holds anything, no
+    /// mailbox holds anything, and nothing is on the wire.
     fn idle(&self) -> bool {
-        if lock(&self.log).outbox.values().any(|n| *n > 0) || self.mailbox_entries() > 0 {
+        {
+            let log = lock(&self.log);
+            let all_ready = self.farm_of.keys().all(|u| log.ready.get(u) == Some(&true));
+            if !all_ready || log.outbox.values().any(|n| *n > 0) {
+                return false;
+            }
+        }
+        if self.mailbox_entries() > 0 {
             return false;
         }
         let mut in_flight = 0usize;
@@ -649,7 +954,7 @@ fn add_server(
             heartbeat_interval: heartbeat,
             idle_timeout: idle,
             clock: clock.clone(),
-            observer: Some(Arc::new(ServerWatch { log: log.clone() })),
+            observer: Some(Arc::new(ServerWatch::new(log.clone()))),
             ..ServerOptions::new(core.clone(), seed.wrapping_add(n))
         };
         let store = SharedStore::new(store.clone(), check_plaintext.then(|| log.clone()));
@@ -783,6 +1088,8 @@ impl Driver for TurmoilDriver {
     }
 
     fn crash_client(&mut self, user: &UserId) {
+        // What reached the dead core unshown comes again, and is new again.
+        self.unshown.retain(|(u, _)| u != user);
         if self.tell(user, FarmCommand::Crash { user: user.clone() }) {
             self.history.counts.client_crashes += 1;
             self.note("crash-client", format!("user={user}"));
@@ -791,6 +1098,13 @@ impl Driver for TurmoilDriver {
 
     fn crash_server(&mut self) {
         self.sim.bounce(SERVER_HOST);
+        // Every connection died with the server.
+        let now = self.now_ms();
+        let online: Vec<UserId> =
+            self.history.presence.online.iter().filter(|(_, on)| **on).map(|(u, _)| u.clone()).collect();
+        for u in online {
+            self.presence_changed(now, u, false);
+        }
         self.history.counts.server_crashes += 1;
         self.note("crash-server", String::new());
     }
@@ -821,6 +1135,13 @@ impl Driver for TurmoilDriver {
                 break;
             }
         }
+        // As the `World`: presence needs its settle time after the traffic.
+        if self.presence_followed() {
+            let settle = self.now_ms().saturating_add(self.presence_settle_ms()).min(until);
+            while self.now_ms() < settle {
+                self.step();
+            }
+        }
         self.sync_counts();
     }
 
@@ -838,6 +1159,8 @@ impl Driver for TurmoilDriver {
             });
         }
         self.violations.extend(found);
+        let presence = self.check_presence();
+        self.violations.extend(presence);
         self.violations.clone()
     }
 
@@ -855,6 +1178,44 @@ impl Driver for TurmoilDriver {
 
     fn mark_group_read(&mut self, reader: &UserId, group: GroupId) -> Result<(), Unsupported> {
         self.tell(reader, FarmCommand::MarkGroupRead { reader: reader.clone(), group });
+        Ok(())
+    }
+
+    fn send_media(&mut self, from: &UserId, to: &UserId, bytes: &[u8]) -> Result<Option<MessageId>, Unsupported> {
+        let (from_c, to, bytes) = (from.clone(), to.clone(), bytes.to_vec());
+        Ok(self.ask(from, |reply| FarmCommand::SendMedia { from: from_c, to, bytes, reply }).flatten())
+    }
+
+    fn set_presence_privacy(
+        &mut self,
+        owner: &UserId,
+        visibility: Visibility,
+        contacts: &[UserId],
+    ) -> Result<(), Unsupported> {
+        let (owner_c, contacts) = (owner.clone(), contacts.to_vec());
+        self.ask(owner, |reply| FarmCommand::SetPresencePrivacy { owner: owner_c, visibility, contacts, reply });
+        Ok(())
+    }
+
+    fn subscribe_presence(&mut self, subscriber: &UserId, targets: &[UserId]) -> Result<(), Unsupported> {
+        let (subscriber_c, targets) = (subscriber.clone(), targets.to_vec());
+        self.ask(subscriber, |reply| FarmCommand::SubscribePresence { subscriber: subscriber_c, targets, reply });
+        Ok(())
+    }
+
+    /// As `World::compromise`: the adversary copies the device's last save
+    /// (the client task saves before anything it did leaves the device).
+    fn compromise(&mut self, user: &UserId) -> Result<(), Unsupported> {
+        let Some(slot) = self.slots.get(user).cloned() else { return Ok(()) };
+        let saved = lock(&slot.saved).clone();
+        let tried = match saved {
+            Some(saved) => self.check_forward_secrecy(user, slot.config.clone(), &saved),
+            None => 0,
+        };
+        self.history.counts.compromises += 1;
+        let now = self.now_ms();
+        self.history.compromised.push((user.clone(), now, tried));
+        self.note("compromise", format!("user={user} tried={tried}"));
         Ok(())
     }
 }
