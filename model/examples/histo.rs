@@ -41,10 +41,10 @@ fn main() {
                 for f in q {
                     match c.dir {
                         bluetick_model::system::Dir::Up => {
-                            println!("{c:?}: {}", bluetick_model::system::describe_client_frame(f))
+                            println!("{c:?}: {}", bluetick_model::system::client_frame_phrase(&s.hist, f))
                         }
                         bluetick_model::system::Dir::Down => {
-                            println!("{c:?}: {}", bluetick_model::system::describe_server_frame(f))
+                            println!("{c:?}: {}", bluetick_model::system::server_frame_phrase(&s.hist, f))
                         }
                     }
                 }

@@ -10,6 +10,62 @@ use bluetick_core::server::keys::KeyBug;
 use bluetick_core::server::mailbox::MailboxBug;
 use bluetick_core::server::ServerBugs;
 
+/// A deliberate bug `bluetick check --bug NAME` can switch on, named as a
+/// scenario file's `[bugs]` table names it, so a counterexample found with
+/// it can be replayed by the simulator with the same switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BugSwitch {
+    /// `mailbox = "delete-on-send"`: the server forgets an item when it hands it out.
+    DeleteOnSend,
+    /// `keys = "hand-out-twice"`: a one-time prekey is handed out twice.
+    HandOutTwice,
+    /// `unsigned_group_changes = true`: the server takes unsigned group changes.
+    UnsignedGroupChanges,
+    /// `client = ["dedup-off"]`: clients process a redelivered message as new.
+    DedupOff,
+    /// `client = ["read-on-delivery"]`: a Read receipt goes out on delivery.
+    ReadOnDelivery,
+    /// `client = ["no-rotation-on-remove"]`: the sender key survives a removal.
+    NoRotationOnRemove,
+    /// `client = ["leak-plaintext"]`: ciphertexts carry their plaintext.
+    LeakPlaintext,
+    /// `client = ["latest-receipt-wins"]`: a late receipt turns ticks back.
+    LatestReceiptWins,
+}
+
+impl BugSwitch {
+    /// Every switch the model has a property for.
+    pub const ALL: [BugSwitch; 8] = [
+        BugSwitch::DeleteOnSend,
+        BugSwitch::HandOutTwice,
+        BugSwitch::UnsignedGroupChanges,
+        BugSwitch::DedupOff,
+        BugSwitch::ReadOnDelivery,
+        BugSwitch::NoRotationOnRemove,
+        BugSwitch::LeakPlaintext,
+        BugSwitch::LatestReceiptWins,
+    ];
+
+    /// The name `--bug` and scenario files use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BugSwitch::DeleteOnSend => "delete-on-send",
+            BugSwitch::HandOutTwice => "hand-out-twice",
+            BugSwitch::UnsignedGroupChanges => "unsigned-group-changes",
+            BugSwitch::DedupOff => "dedup-off",
+            BugSwitch::ReadOnDelivery => "read-on-delivery",
+            BugSwitch::NoRotationOnRemove => "no-rotation-on-remove",
+            BugSwitch::LeakPlaintext => "leak-plaintext",
+            BugSwitch::LatestReceiptWins => "latest-receipt-wins",
+        }
+    }
+
+    /// The switch with this name.
+    pub fn from_name(name: &str) -> Option<BugSwitch> {
+        BugSwitch::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
 /// The accounts of every model, by index: the first `clients` are active
 /// devices; the last is the would-be ghost the adversary tries to smuggle
 /// into a group (registered during warm-up, then offline for good).
@@ -152,6 +208,12 @@ pub struct ModelConfig {
     /// spurious retransmissions of a timeout racing its answer are explored
     /// too, at a large cost in states.
     pub spurious_timeouts: bool,
+    /// Whether app commands, reads and the adversary's moves wait for a
+    /// quiet network (no frame in flight). On, the checker explores every
+    /// order of those moves but not their races with frames in flight: a
+    /// search for a known attack (the weakness configurations) needs the
+    /// moves, not the races, and this cuts its states by orders of magnitude.
+    pub moves_on_quiet_network: bool,
     /// One-time prekeys each client generates per batch (a real client
     /// uploads 100; two keep states small and still run the stock low).
     pub prekey_batch: usize,
@@ -182,6 +244,7 @@ impl ModelConfig {
             timing: Timing::NO_EXPIRY,
             channel_frames_max: 6,
             spurious_timeouts: false,
+            moves_on_quiet_network: false,
             prekey_batch: 2,
             max_depth: None,
             checks: Vec::new(),
@@ -210,6 +273,20 @@ impl ModelConfig {
     pub fn with_unsigned_group_changes(mut self) -> Self {
         self.server_bugs.unsigned_group_changes = true;
         self
+    }
+
+    /// This configuration with `bug` switched on.
+    pub fn with_bug(self, bug: BugSwitch) -> Self {
+        match bug {
+            BugSwitch::DeleteOnSend => self.with_mailbox_bug(MailboxBug::DeleteOnSend),
+            BugSwitch::HandOutTwice => self.with_key_bug(KeyBug::HandOutTwice),
+            BugSwitch::UnsignedGroupChanges => self.with_unsigned_group_changes(),
+            BugSwitch::DedupOff => self.with_client_bug(ClientBug::DedupOff),
+            BugSwitch::ReadOnDelivery => self.with_client_bug(ClientBug::ReadOnDelivery),
+            BugSwitch::NoRotationOnRemove => self.with_client_bug(ClientBug::NoRotationOnRemove),
+            BugSwitch::LeakPlaintext => self.with_client_bug(ClientBug::LeakPlaintext),
+            BugSwitch::LatestReceiptWins => self.with_client_bug(ClientBug::LatestReceiptWins),
+        }
     }
 
     /// Whether any bug is switched on (a bug run expects counterexamples).

@@ -15,7 +15,9 @@
 //! - [`model`]: the stateright [`stateright::Model`] over the system.
 //! - [`x3dh`]: a small model over the crypto crate alone: forward secrecy of X3DH sessions.
 //! - [`suite`]: the named configurations CI and the deep run check.
-//! - [`run`]: running a check, timing it, and its report with readable counterexample traces.
+//! - [`run`]: running a check, timing it, and its report.
+//! - [`trace`]: counterexamples as numbered traces in plain words.
+//! - [`scenario`]: a counterexample written as a simulator scenario file.
 //! - [`cli`]: `bluetick check`.
 
 pub mod cli;
@@ -23,6 +25,8 @@ pub mod config;
 pub mod model;
 pub mod properties;
 pub mod run;
+pub mod scenario;
 pub mod suite;
 pub mod system;
+pub mod trace;
 pub mod x3dh;

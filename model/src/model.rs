@@ -55,6 +55,8 @@ pub enum Action {
 pub struct MessagingModel {
     setup: Arc<Setup>,
     init: MState,
+    /// The violations the warm-up caused (normally none).
+    warm_up_violations: Vec<String>,
     /// Fingerprint of a quiesce-phase state → (fault-free steps until the
     /// phase ends, whether every acked message had arrived then). A quiesce
     /// is deterministic, so the runs from different states merge and each
@@ -79,10 +81,11 @@ impl MessagingModel {
     /// Builds the model; runs the warm-up (registration, prekeys, warm-up messages) once.
     pub fn new(config: ModelConfig) -> Result<Self, SetupError> {
         let setup = Arc::new(Setup::new(config)?);
-        let init = Exec::initial(&setup);
+        let (init, warm_up_violations) = Exec::initial(&setup);
         Ok(MessagingModel {
             setup,
             init,
+            warm_up_violations,
             quiesce_memo: Mutex::new(BTreeMap::new()),
             deadline: None,
             stopped: AtomicBool::new(false),
@@ -123,19 +126,34 @@ impl MessagingModel {
         &self.init
     }
 
-    /// Runs `action` from `state`, recording a readable description.
+    /// The violations the warm-up caused before exploring began (normally
+    /// none: a server bug switch can cause some).
+    pub fn warm_up_violations(&self) -> &[String] {
+        &self.warm_up_violations
+    }
+
+    /// Runs `action` from `state` and says what it caused (the action itself
+    /// is named by [`crate::trace::describe_step`]).
     pub fn explain(&self, state: &MState, action: &Action) -> Vec<String> {
         let mut ex = Exec::new(&self.setup, state, Notes::recording());
         perform(&mut ex, action);
-        ex.notes.into_lines()
+        ex.notes.into_consequences()
     }
 
-    /// The quiesce phase from `state`, described step by step, and its verdict.
-    pub fn explain_quiesce(&self, state: &MState) -> (Vec<String>, Option<String>) {
+    /// The quiesce phase from `state`, step by step (`true` marks a step,
+    /// `false` what it caused), and the at-least-once failure it ends in, if any.
+    pub fn explain_quiesce(&self, state: &MState) -> (Vec<(bool, String)>, Option<String>) {
         let steps = self.setup.config.quiesce_steps.unwrap_or(0);
         let mut ex = Exec::new(&self.setup, state, Notes::recording());
         let verdict = ex.quiesce_and_check(steps as usize);
-        (ex.notes.into_lines(), verdict)
+        (ex.notes.into_tagged(), verdict)
+    }
+
+    /// The state `action` leads to from `state` (what the checker explores).
+    pub fn successor(&self, state: &MState, action: &Action) -> MState {
+        let mut ex = Exec::new(&self.setup, state, Notes::off());
+        perform(&mut ex, action);
+        ex.finish()
     }
 
     /// Whether at-least-once holds from `state`: with faults stopped and
@@ -224,6 +242,16 @@ impl MessagingModel {
         }
     }
 
+    /// Whether `state` satisfies the `always` property `check` (guards:
+    /// whether the search has reached them anywhere).
+    pub fn holds(&self, check: Check, state: &MState) -> bool {
+        match check.kind() {
+            Kind::Sometimes => self.reached(check),
+            Kind::Always if check == Check::AtLeastOnce => self.at_least_once_holds(state),
+            Kind::Always => !state.hist.flags.has(check),
+        }
+    }
+
     /// The checks this model evaluates: its configuration's, plus model-sound.
     pub fn checks(&self) -> Vec<Check> {
         let mut out: Vec<Check> = self.setup.config.checks.iter().filter_map(|n| Check::from_name(n)).collect();
@@ -308,6 +336,7 @@ impl Model for MessagingModel {
             }
         }
         let timers = cfg.spurious_timeouts || s.net.is_empty();
+        let moves = !cfg.moves_on_quiet_network || s.net.is_empty();
         if timers && s.server.server().poll_timeout().is_some_and(|t| t <= horizon) {
             actions.push(Action::ServerTimeout);
         }
@@ -328,10 +357,10 @@ impl Model for MessagingModel {
                 actions.push(Action::Connect(i8));
             }
             let pos = s.script.get(i).copied().map_or(usize::MAX, usize::from);
-            if cfg.scripts.get(i).is_some_and(|sc| pos < sc.len()) {
+            if moves && cfg.scripts.get(i).is_some_and(|sc| pos < sc.len()) {
                 actions.push(Action::App(i8));
             }
-            if cfg.reads {
+            if moves && cfg.reads {
                 let mut convs: Vec<Conv> =
                     s.hist.unread.iter().filter(|(r, _, _)| *r == i8).map(|(_, c, _)| *c).collect();
                 convs.dedup();
@@ -339,17 +368,17 @@ impl Model for MessagingModel {
                     actions.push(Action::Read(i8, c));
                 }
             }
-            if cfg.adversary.steal && s.thief.is_none() {
+            if moves && cfg.adversary.steal && s.thief.is_none() {
                 actions.push(Action::Steal(i8));
             }
         }
         if s.budget.server_crashes > 0 {
             actions.push(Action::CrashServer);
         }
-        if s.thief.is_some() && s.restores_left > 0 {
+        if moves && s.thief.is_some() && s.restores_left > 0 {
             actions.push(Action::RestoreBackup);
         }
-        if cfg.adversary.inject_ghost && !s.ghost_injected {
+        if moves && cfg.adversary.inject_ghost && !s.ghost_injected {
             let admin_online = s
                 .hist
                 .groups

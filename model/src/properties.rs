@@ -104,6 +104,32 @@ impl Check {
         }
     }
 
+    /// What the property means, in one plain sentence (printed under a counterexample).
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Check::ExactlyOnce => "no app is shown a message twice",
+            Check::StatusMonotone => "a sender's ticks for a message never go back",
+            Check::StatusTruthful => "delivered and read ticks are never shown before the recipient's app got there",
+            Check::NoPlaintext => "the server's store never holds a plaintext",
+            Check::PrekeyOnce => "each one-time prekey is handed out at most once",
+            Check::ForwardSecrecy => "a stolen copy of a device decrypts nothing the device had already received",
+            Check::RemovedMemberCannotRead => "a removed member cannot decrypt group messages sent after its removal",
+            Check::GroupChangesSigned => "the server's group membership is what the admin signed",
+            Check::GhostCannotRead => "a member the server added without the admin cannot read the group",
+            Check::NoKeyReuse => "no two different ciphertexts are sealed under one message key",
+            Check::Healing => "after the victim healed, the thief's copy reads no new message to it",
+            Check::ModelSound => "the model itself works (clients restore, the server recovers)",
+            Check::AtLeastOnce => {
+                "once faults stop and everyone is connected, every server-acked message reaches every intended app"
+            }
+            Check::Redelivery => "the server hands an envelope out again",
+            Check::Dedup => "a client receives an envelope it had already processed",
+            Check::TtlExpiry => "a message expires and its sender is told",
+            Check::DhStep => "a recipient sees a sender's ratchet key change",
+            Check::Theft => "the adversary steals a device's state",
+        }
+    }
+
     /// The check with this name.
     pub fn from_name(name: &str) -> Option<Check> {
         Check::ALL.into_iter().find(|c| c.name() == name)

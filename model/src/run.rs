@@ -7,12 +7,12 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
-use stateright::{Checker, HasDiscoveries, Model, Path};
+use stateright::{Checker, HasDiscoveries, Model};
 
 use crate::config::ModelConfig;
 use crate::model::{Action, MessagingModel};
 use crate::properties::{Check, Kind};
-use crate::system::{MState, SetupError, EPOCH_MS};
+use crate::system::{MState, SetupError};
 
 /// Search order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +87,10 @@ pub struct PropertyResult {
     /// Counterexample (or example) as numbered lines, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<Vec<String>>,
+    /// The counterexample's actions from the initial state (empty if none):
+    /// what `bluetick check --write-scenario` turns into a scenario file.
+    #[serde(skip)]
+    pub actions: Vec<Action>,
 }
 
 /// The outcome of checking one configuration.
@@ -195,8 +199,10 @@ fn summarize<C: Checker<MessagingModel>>(
                 (false, false, true) => Verdict::NotReached,
                 (_, false, false) => Verdict::Incomplete,
             };
-            let trace = found.map(|p| render_trace(model, *c, p));
-            PropertyResult { property: c.name(), always, verdict, trace }
+            let steps = found.map(|p| shortest_prefix(model, *c, p.into_vec()));
+            let actions = steps.iter().flatten().filter_map(|(_, a)| a.clone()).collect();
+            let trace = steps.map(|p| crate::trace::render_trace(model, *c, p));
+            PropertyResult { property: c.name(), always, verdict, trace, actions }
         })
         .collect();
     CheckReport {
@@ -210,35 +216,23 @@ fn summarize<C: Checker<MessagingModel>>(
     }
 }
 
-/// A path as numbered lines: each action with what it caused, and for
-/// at-least-once, the quiesce phase that failed.
-pub fn render_trace(model: &MessagingModel, check: Check, path: Path<MState, Action>) -> Vec<String> {
-    let mut out = Vec::new();
-    let steps = path.into_vec();
-    let mut last: Option<MState> = None;
-    for (k, (state, action)) in steps.into_iter().enumerate() {
-        match action {
-            Some(a) => {
-                let t = state.now.saturating_sub(EPOCH_MS);
-                out.push(format!("{:>3}. [t={t}ms] {}", k + 1, model.describe(&a)));
-                for line in model.explain(&state, &a) {
-                    out.push(format!("       {line}"));
-                }
-            }
-            None => last = Some(state),
-        }
-    }
-    if check == Check::AtLeastOnce {
-        if let Some(s) = last {
-            out.push("  then faults stop and everyone connects:".to_string());
-            let (lines, verdict) = model.explain_quiesce(&s);
-            out.extend(lines.into_iter().map(|l| format!("       {l}")));
-            if let Some(v) = verdict {
-                out.push(format!("  VIOLATION at-least-once: {v}"));
+/// The path up to the first state that breaks `check` (a search that goes
+/// on after a discovery may report a later state on the same path, as the
+/// broken property stays broken), ending in that state.
+fn shortest_prefix(
+    model: &MessagingModel,
+    check: Check,
+    mut steps: Vec<(MState, Option<Action>)>,
+) -> Vec<(MState, Option<Action>)> {
+    if check.kind() == Kind::Always {
+        if let Some(k) = steps.iter().position(|(s, _)| !model.holds(check, s)) {
+            steps.truncate(k + 1);
+            if let Some(last) = steps.last_mut() {
+                last.1 = None;
             }
         }
     }
-    out
+    steps
 }
 
 /// Formats a report as the CLI prints it.

@@ -28,7 +28,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bluetick_core::client::content::split_prekey;
-use bluetick_core::client::{AppEvent, Client, ClientBug, ClientConfig, DeliveryState, SavedClient, PRIMARY_DEVICE};
+use bluetick_core::client::{
+    AppEvent, Client, ClientBug, ClientBugs, ClientConfig, DeliveryState, SavedClient, PRIMARY_DEVICE,
+};
 use bluetick_core::ids::{DeviceAddress, GroupId, MessageId, UserId};
 use bluetick_core::server::machine::Queued;
 use bluetick_core::server::{ConnId, Server, ServerConfig, ServerOutput};
@@ -463,6 +465,9 @@ pub struct Setup {
     pub client_configs: Vec<ClientConfig>,
     /// The server configuration.
     pub server_config: ServerConfig,
+    /// Per account, its client configuration during the warm-up: without
+    /// bug switches (see [`Exec::initial`]).
+    warm_up_configs: Vec<ClientConfig>,
     /// Every account's user id, by index ([`USER_NAMES`]).
     users: Vec<UserId>,
 }
@@ -510,7 +515,7 @@ impl Setup {
             .map(|n| UserId::new(n).map_err(|e| SetupError::BadName { name: n, detail: e.to_string() }))
             .collect::<Result<Vec<_>, _>>()?;
         let accounts = config.clients + usize::from(config.adversary.inject_ghost);
-        let client_configs = (0..accounts)
+        let client_configs: Vec<ClientConfig> = (0..accounts)
             .map(|i| {
                 let i = if i >= config.clients { GHOST } else { i };
                 ClientConfig {
@@ -529,7 +534,11 @@ impl Setup {
             bugs: config.server_bugs,
             ..ServerConfig::default()
         };
-        Ok(Setup { config, client_configs, server_config, users })
+        let warm_up_configs = client_configs
+            .iter()
+            .map(|c: &ClientConfig| ClientConfig { bugs: ClientBugs::none(), ..c.clone() })
+            .collect();
+        Ok(Setup { config, client_configs, server_config, warm_up_configs, users })
     }
 
     /// The user id of account `i`.
@@ -537,7 +546,8 @@ impl Setup {
         self.users.get(i).cloned().unwrap_or_else(|| users_fallback(&self.users))
     }
 
-    fn address(&self, i: usize) -> DeviceAddress {
+    /// The device address of account `i`.
+    pub fn address(&self, i: usize) -> DeviceAddress {
         DeviceAddress::new(self.user(i), PRIMARY_DEVICE)
     }
 
@@ -581,9 +591,12 @@ fn unreachable_user_id() -> UserId {
     unreachable!("\"x\" is a valid user id")
 }
 
-/// Collects a readable description of a step when asked to.
+/// Collects a readable description of a step when asked to. A note is
+/// either the step itself ("the server receives the send of #1 from alice")
+/// or something the step caused; a counterexample trace replaces the first
+/// kind with its own headline for the chosen action and keeps the second.
 #[derive(Debug, Default)]
-pub struct Notes(Option<Vec<String>>);
+pub struct Notes(Option<Vec<(bool, String)>>);
 
 impl Notes {
     /// Notes that keep what they are told.
@@ -596,15 +609,33 @@ impl Notes {
         Notes(None)
     }
 
+    /// Records what a step caused.
     fn add(&mut self, f: impl FnOnce() -> String) {
         if let Some(v) = self.0.as_mut() {
-            v.push(f());
+            v.push((false, f()));
         }
     }
 
-    /// What was recorded.
+    /// Records the step itself.
+    fn step(&mut self, f: impl FnOnce() -> String) {
+        if let Some(v) = self.0.as_mut() {
+            v.push((true, f()));
+        }
+    }
+
+    /// Everything recorded, in order.
     pub fn into_lines(self) -> Vec<String> {
+        self.0.unwrap_or_default().into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// Everything recorded, in order; `true` marks a step, `false` what it caused.
+    pub fn into_tagged(self) -> Vec<(bool, String)> {
         self.0.unwrap_or_default()
+    }
+
+    /// Only what the steps caused, in order.
+    pub fn into_consequences(self) -> Vec<String> {
+        self.0.unwrap_or_default().into_iter().filter(|(step, _)| !step).map(|(_, l)| l).collect()
     }
 }
 
@@ -624,6 +655,8 @@ pub struct Exec<'s> {
     fast: bool,
     /// Step description (empty unless recording).
     pub notes: Notes,
+    /// In the warm-up: clients run without their bug switches.
+    warming_up: bool,
 }
 
 impl<'s> Exec<'s> {
@@ -639,19 +672,27 @@ impl<'s> Exec<'s> {
             guards: Flags::default(),
             fast: false,
             notes,
+            warming_up: false,
         }
     }
 
     /// The initial state: the server and every account's client are created
     /// and connected, register and upload their prekeys; `warm_up` messages
     /// are exchanged and read; then every connection is closed and the active
-    /// clients reconnect, so each starts with a short log.
-    pub fn initial(setup: &'s Setup) -> MState {
+    /// clients reconnect, so each starts with a short log. Also returns the
+    /// violations the warm-up itself caused (a trace shows them as step 0).
+    ///
+    /// The clients' bug switches are off until the reconnect: the warm-up
+    /// sets up sessions with correct software, so a client bug shows in
+    /// steps a counterexample lists rather than in the fixed prefix. The
+    /// server's bug switches are on throughout (its configuration is fixed
+    /// when it is created).
+    pub fn initial(setup: &'s Setup) -> (MState, Vec<String>) {
         let cfg = &setup.config;
         let server = Server::new(setup.server_config.clone(), cfg.seed);
         let mut clients = Vec::new();
         let mut live = Vec::new();
-        for (i, cc) in setup.client_configs.iter().enumerate() {
+        for (i, cc) in setup.warm_up_configs.iter().enumerate() {
             let c = Client::new(cc.clone(), cfg.seed.wrapping_add(1 + i as u64).wrapping_mul(0x9e37_79b9), EPOCH_MS);
             clients.push(Arc::new(ClientSlot::new(c.save())));
             live.push(Some(c));
@@ -679,7 +720,8 @@ impl<'s> Exec<'s> {
             clients_dirty: vec![true; n],
             guards: Flags::default(),
             fast: false,
-            notes: Notes::off(),
+            notes: Notes::recording(),
+            warming_up: true,
         };
         for i in 0..n {
             ex.connect(i);
@@ -694,19 +736,28 @@ impl<'s> Exec<'s> {
         for i in 0..n {
             ex.disconnect(i, true);
         }
+        ex.warming_up = false;
         for i in 0..cfg.clients {
             ex.connect(i);
         }
         ex.run_quiet(WARM_UP_STEPS_MAX);
+        let notes = std::mem::take(&mut ex.notes);
+        let mut violations: Vec<String> =
+            notes.into_lines().into_iter().filter(|l| l.starts_with("VIOLATION ")).collect();
+        violations.dedup();
         // What the warm-up reached does not count for the guards: they must
         // be reached in the explored part (`guards` is dropped here).
-        ex.finish()
+        (ex.finish(), violations)
     }
 
     // ----- clients -----
 
     fn client_config(&self, i: usize) -> Option<&ClientConfig> {
-        self.setup.client_configs.get(i)
+        if self.warming_up {
+            self.setup.warm_up_configs.get(i)
+        } else {
+            self.setup.client_configs.get(i)
+        }
     }
 
     /// The live client `i`, rebuilt from its slot if needed.
@@ -795,6 +846,9 @@ impl<'s> Exec<'s> {
             }
             if let Some(conn) = conn {
                 let bytes: Frame = wire::encode(&f).into();
+                self.notes.add(|| {
+                    format!("{} → server: {}", name(usize::from(account)), client_frame_phrase(&self.st.hist, &bytes))
+                });
                 self.st.net.entry(Chan { client: i as u8, conn, dir: Dir::Up }).or_default().push_back(bytes);
             }
         }
@@ -847,7 +901,7 @@ impl<'s> Exec<'s> {
         let conn = s.next_conn;
         s.next_conn += 1;
         s.conn = Some(conn);
-        self.notes.add(|| format!("{} connects (connection {conn})", name(self.setup.account(i))));
+        self.notes.step(|| format!("{} connects (connection {conn})", name(self.setup.account(i))));
         self.client_input(i, Input::Connected(now));
         let id = conn_id(i as u8, conn);
         self.server_call(|s, _, now| s.handle_connect(id, now));
@@ -877,13 +931,13 @@ impl<'s> Exec<'s> {
 
     /// Crashes client `i`: it restarts from its last save, offline.
     pub fn crash_client(&mut self, i: usize) {
-        self.notes.add(|| format!("{} crashes and restarts from its last save", name(self.setup.account(i))));
+        self.notes.step(|| format!("{} crashes and restarts offline from its last save", name(self.setup.account(i))));
         self.disconnect(i, true);
     }
 
     /// Crashes the server: it is rebuilt from its store; every connection drops.
     pub fn crash_server(&mut self) {
-        self.notes.add(|| "the server crashes and recovers from its store".to_string());
+        self.notes.step(|| "the server crashes and restarts from its store".to_string());
         for i in 0..self.st.clients.len() {
             self.disconnect(i, false);
         }
@@ -903,7 +957,7 @@ impl<'s> Exec<'s> {
         let Some(t) = self.st.clients.get(i).and_then(|c| c.timeout) else { return };
         self.st.now = self.st.now.max(t);
         let now = self.st.now;
-        self.notes.add(|| format!("{}'s timer fires", name(self.setup.account(i))));
+        self.notes.step(|| format!("{}'s timer fires at t={}ms", name(self.setup.account(i)), now - EPOCH_MS));
         self.client_input(i, Input::Timeout(now));
     }
 
@@ -911,7 +965,7 @@ impl<'s> Exec<'s> {
     pub fn server_timeout(&mut self) {
         let Some(t) = self.st.server.server.poll_timeout() else { return };
         self.st.now = self.st.now.max(t);
-        self.notes.add(|| "the server's timer fires".to_string());
+        self.notes.step(|| format!("the server's timer fires at t={}ms", self.st.now - EPOCH_MS));
         self.server_call(|s, store, now| s.handle_timeout(now, store));
     }
 
@@ -932,7 +986,11 @@ impl<'s> Exec<'s> {
                 let members: Vec<UserId> = members.iter().map(|m| self.setup.user(*m)).collect();
                 let mut signed: BTreeSet<u8> = members.iter().filter_map(index_of).collect();
                 signed.insert(i as u8);
-                self.notes.add(|| format!("{}'s app creates a group with {members:?}", name(i)));
+                let number = self.st.hist.groups.len();
+                self.notes.step(|| {
+                    let names: Vec<&str> = members.iter().map(UserId::as_str).collect();
+                    format!("{}'s app creates group {number} with {}", name(i), names.join(", "))
+                });
                 if let Returned::Group(g) = self.app_input(i, AppInput::CreateGroup { members }) {
                     let h = Arc::make_mut(&mut self.st.hist);
                     h.groups.push((g, i as u8));
@@ -944,7 +1002,7 @@ impl<'s> Exec<'s> {
                 let Some(&g) = self.st.hist.groups.get(group).map(|(g, _)| g) else { return };
                 let n = self.next_message_number();
                 let body = body_of(self.setup.config.seed, n);
-                self.notes.add(|| format!("{}'s app sends #{n} to group {group}", name(i)));
+                self.notes.step(|| format!("{}'s app sends #{n} to group {group}", name(i)));
                 if let Returned::Message(id) = self.app_input(i, AppInput::SendGroup { group: g, body }) {
                     let h = Arc::make_mut(&mut self.st.hist);
                     let members = h.signed_members.get(&g).cloned().unwrap_or_default();
@@ -957,7 +1015,7 @@ impl<'s> Exec<'s> {
             }
             AppStep::RemoveMember { group, member } => {
                 let Some(&g) = self.st.hist.groups.get(group).map(|(g, _)| g) else { return };
-                self.notes.add(|| format!("{}'s app removes {} from group {group}", name(i), name(member)));
+                self.notes.step(|| format!("{}'s app removes {} from group {group}", name(i), name(member)));
                 // `signed_members` keeps the member: it lists everyone the
                 // admin ever signed in, and the server may list them until
                 // the removal reaches it.
@@ -975,7 +1033,7 @@ impl<'s> Exec<'s> {
     fn app_send(&mut self, i: usize, to: usize) {
         let n = self.next_message_number();
         let body = body_of(self.setup.config.seed, n);
-        self.notes.add(|| format!("{}'s app sends #{n} to {}", name(i), name(to)));
+        self.notes.step(|| format!("{}'s app sends #{n} to {}", name(i), name(to)));
         if let Returned::Message(id) = self.app_input(i, AppInput::Send { to: self.setup.user(to), body }) {
             let h = Arc::make_mut(&mut self.st.hist);
             h.sent.insert(
@@ -1002,7 +1060,7 @@ impl<'s> Exec<'s> {
                 AppInput::ReadGroup { group: g }
             }
         };
-        self.notes.add(|| format!("{}'s app opens {conv:?}", name(i)));
+        self.notes.step(|| format!("{}'s app opens {}", name(i), conv_name(conv)));
         let ids: Vec<MessageId> = self
             .st
             .hist
@@ -1041,13 +1099,18 @@ impl<'s> Exec<'s> {
         }
         match chan.dir {
             Dir::Up => {
-                self.notes.add(|| format!("server receives {}", describe_client_frame(&frame)));
+                self.notes.step(|| {
+                    let who = name(self.setup.account(i));
+                    format!("the server receives {} from {who}", client_frame_phrase(&self.st.hist, &frame))
+                });
                 let id = conn_id(chan.client, chan.conn);
                 self.server_call(|s, store, now| s.handle_bytes(id, &frame, now, store));
             }
             Dir::Down => {
-                self.notes
-                    .add(|| format!("{} receives {}", name(self.setup.account(i)), describe_server_frame(&frame)));
+                self.notes.step(|| {
+                    let who = name(self.setup.account(i));
+                    format!("{who} receives {} from the server", server_frame_phrase(&self.st.hist, &frame))
+                });
                 if !self.fast {
                     self.client_received(i, &frame);
                 }
@@ -1065,7 +1128,8 @@ impl<'s> Exec<'s> {
                 self.st.net.remove(&chan);
             }
         }
-        self.notes.add(|| format!("the network loses a frame on {chan:?}"));
+        // (the step's headline names the frame; the quiesce phase never drops)
+        self.notes.step(|| format!("the network loses frame {index} on {chan:?}"));
     }
 
     // ----- server -----
@@ -1096,6 +1160,10 @@ impl<'s> Exec<'s> {
                     let live = self.st.clients.get(usize::from(i)).is_some_and(|c| c.conn == Some(n));
                     if live {
                         let bytes: Frame = wire::encode(&frame).into();
+                        self.notes.add(|| {
+                            let who = name(self.setup.account(usize::from(i)));
+                            format!("server → {who}: {}", server_frame_phrase(&self.st.hist, &bytes))
+                        });
                         self.st.net.entry(Chan { client: i, conn: n, dir: Dir::Down }).or_default().push_back(bytes);
                     }
                 }
@@ -1406,7 +1474,7 @@ impl<'s> Exec<'s> {
         let account = self.setup.account(i) as u8;
         let Some(slot) = self.st.clients.get(i) else { return };
         let stolen = slot.saved.clone();
-        self.notes.add(|| format!("the adversary copies {}'s complete state", name(usize::from(account))));
+        self.notes.step(|| format!("the adversary copies {}'s complete state", name(usize::from(account))));
         let h = &self.st.hist;
         let peer_keys_before: BTreeSet<[u8; 32]> =
             h.ratchet_keys.iter().filter(|(r, _, _)| *r == account).map(|(_, _, k)| *k).collect();
@@ -1436,7 +1504,8 @@ impl<'s> Exec<'s> {
     pub fn restore_backup(&mut self) {
         let Some(t) = self.st.thief.clone() else { return };
         let Some(i) = self.setup.slot_of(t.victim) else { return };
-        self.notes.add(|| format!("{} is restored from an old backup (the stolen state)", name(usize::from(t.victim))));
+        self.notes
+            .step(|| format!("{} is restored from an old backup (the stolen state)", name(usize::from(t.victim))));
         self.disconnect(i, true);
         if let Some(slot) = self.st.clients.get_mut(i) {
             let s = Arc::make_mut(slot);
@@ -1465,7 +1534,7 @@ impl<'s> Exec<'s> {
             signature: Signature([0; 64]),
         };
         self.notes
-            .add(|| format!("the adversary asks the server to add the ghost to {g:?} (version {version}, unsigned)"));
+            .step(|| format!("the adversary asks the server to add the ghost to {g:?} (version {version}, unsigned)"));
         self.st.ghost_injected = true;
         let bytes = wire::encode(&ClientFrame::GroupChange { change });
         let id = conn_id(admin, conn);
@@ -1477,11 +1546,15 @@ impl<'s> Exec<'s> {
     fn app_event(&mut self, account: u8, e: AppEvent) {
         match e {
             AppEvent::Message { id, from, group, body, .. } => {
-                self.notes
-                    .add(|| format!("{}'s app shows {}", name(usize::from(account)), String::from_utf8_lossy(&body)));
+                self.notes.add(|| {
+                    let group = group.map(|g| group_label(&self.st.hist, &g)).unwrap_or_default();
+                    let m = msg_label(&self.st.hist, &id);
+                    format!("{}'s app shows {m} from {}{group}", name(usize::from(account)), from.as_str())
+                });
                 let expected = self.st.hist.sent.get(&id).map(|m| body_of(self.setup.config.seed, m.n));
                 if expected.is_some_and(|b| b != body) {
-                    self.violate(Check::ExactlyOnce, || format!("{id:?} shown with a body other than the one sent"));
+                    let m = msg_label(&self.st.hist, &id);
+                    self.violate(Check::ExactlyOnce, || format!("{m} shown with a body other than the one sent"));
                 }
                 let conv = match group {
                     Some(g) => self.st.hist.groups.iter().position(|(x, _)| *x == g).map(|p| Conv::Group(p as u8)),
@@ -1490,8 +1563,12 @@ impl<'s> Exec<'s> {
                 self.shown(account, id, conv);
             }
             AppEvent::Undecryptable { id, reason, .. } => {
-                self.notes
-                    .add(|| format!("{}'s app is told {id:?} cannot be read: {reason:?}", name(usize::from(account))));
+                self.notes.add(|| {
+                    let m = msg_label(&self.st.hist, &id);
+                    let why = format!("{reason:?}");
+                    let why = why.split([' ', '(', '{']).next().unwrap_or_default();
+                    format!("{}'s app is told {m} cannot be read ({why})", name(usize::from(account)))
+                });
                 if self.st.hist.sent.contains_key(&id) {
                     self.shown(account, id, None);
                 }
@@ -1499,7 +1576,8 @@ impl<'s> Exec<'s> {
             AppEvent::Status { id, peer, status } => {
                 let Some(p) = index_of(&peer) else { return };
                 self.notes.add(|| {
-                    format!("{}'s app shows {id:?} to {} as {status:?}", name(usize::from(account)), peer.as_str())
+                    let m = msg_label(&self.st.hist, &id);
+                    format!("{}'s app shows {m} to {} as {status:?}", name(usize::from(account)), peer.as_str())
                 });
                 self.status_shown(id, p, status);
             }
@@ -1512,7 +1590,8 @@ impl<'s> Exec<'s> {
         let n = h.received.entry((account, id)).or_default();
         *n = n.saturating_add(1).min(2);
         if *n > 1 {
-            self.violate(Check::ExactlyOnce, || format!("{}'s app was shown {id:?} twice", name(usize::from(account))));
+            let m = msg_label(&self.st.hist, &id);
+            self.violate(Check::ExactlyOnce, || format!("{}'s app was shown {m} twice", name(usize::from(account))));
             return;
         }
         if let Some(conv) = conv {
@@ -1532,8 +1611,12 @@ impl<'s> Exec<'s> {
         }
         if let Some(prev) = prev {
             if prev.advance(state) != state && prev != state {
+                let m = msg_label(&self.st.hist, &id);
                 self.violate(Check::StatusMonotone, || {
-                    format!("{id:?} to peer {peer} went from {prev:?} back to {state:?}")
+                    format!(
+                        "the sender's ticks for {m} to {} went from {prev:?} back to {state:?}",
+                        name(usize::from(peer))
+                    )
                 });
             }
         }
@@ -1544,8 +1627,11 @@ impl<'s> Exec<'s> {
             _ => false,
         };
         if untrue {
+            let m = msg_label(&self.st.hist, &id);
+            let done = if state == DeliveryState::Read { "read it" } else { "was shown it" };
+            let p = name(usize::from(peer));
             self.violate(Check::StatusTruthful, || {
-                format!("{id:?} shown as {state:?} before peer {peer}'s app got there")
+                format!("the sender's app shows {m} to {p} as {state:?}, but {p}'s app never {done}")
             });
         }
     }
@@ -1756,38 +1842,92 @@ fn apply(c: &mut Client, input: &Input) -> Returned {
     Returned::Nothing
 }
 
-/// A short description of an encoded client frame, for traces.
-pub fn describe_client_frame(bytes: &[u8]) -> String {
-    match wire::decode::<ClientFrame>(bytes) {
-        Ok(ClientFrame::Send { message_id, kind, .. }) => format!("send {message_id:?} ({kind:?})"),
-        Ok(ClientFrame::GroupSend { message_id, .. }) => format!("group-send {message_id:?}"),
-        Ok(ClientFrame::DeliveryAck { seqs }) => format!("delivery-ack {seqs:?}"),
-        Ok(ClientFrame::Receipt { kind, message_ids, .. }) => format!("receipt {kind:?} {message_ids:?}"),
-        Ok(ClientFrame::FetchBundle { owner, .. }) => format!("fetch-bundle of {}", owner.user.as_str()),
-        Ok(f) => f.kind().to_string(),
-        Err(e) => format!("undecodable frame ({e})"),
+/// How a trace names a message: `#n` for one an app sent in this run
+/// (its number names its body), else its id.
+pub fn msg_label(hist: &History, id: &MessageId) -> String {
+    hist.sent.get(id).map_or_else(|| format!("{id:?}"), |m| format!("#{}", m.n))
+}
+
+/// " in group N" for a group this run created, for traces.
+fn group_label(hist: &History, g: &GroupId) -> String {
+    match hist.groups.iter().position(|(x, _)| x == g) {
+        Some(n) => format!(" in group {n}"),
+        None => format!(" in {g:?}"),
     }
 }
 
-/// A short description of an encoded server frame, for traces.
-pub fn describe_server_frame(bytes: &[u8]) -> String {
+fn msg_list(hist: &History, ids: &[MessageId]) -> String {
+    ids.iter().map(|id| msg_label(hist, id)).collect::<Vec<_>>().join(", ")
+}
+
+fn seq_list(seqs: &[u64]) -> String {
+    let s: Vec<String> = seqs.iter().map(u64::to_string).collect();
+    let noun = if seqs.len() == 1 { "seq" } else { "seqs" };
+    format!("{noun} {}", s.join(", "))
+}
+
+fn conv_name(conv: Conv) -> String {
+    match conv {
+        Conv::Direct(p) => format!("the conversation with {}", name(usize::from(p))),
+        Conv::Group(g) => format!("group {g}"),
+    }
+}
+
+/// An encoded client frame in plain words, without its sender: "the send of
+/// #1", "the delivery-ack for seq 3", "the Read receipt for #1".
+pub fn client_frame_phrase(hist: &History, bytes: &[u8]) -> String {
+    match wire::decode::<ClientFrame>(bytes) {
+        Ok(ClientFrame::Send { message_id, kind: EnvelopeKind::PreKey, .. }) => {
+            format!("the first (pre-key) send of {}", msg_label(hist, &message_id))
+        }
+        Ok(ClientFrame::Send { message_id, .. }) => format!("the send of {}", msg_label(hist, &message_id)),
+        Ok(ClientFrame::GroupSend { message_id, .. }) => format!("the group-send of {}", msg_label(hist, &message_id)),
+        Ok(ClientFrame::DeliveryAck { seqs }) => format!("the delivery-ack for {}", seq_list(&seqs)),
+        Ok(ClientFrame::Receipt { kind, message_ids, .. }) => {
+            format!("the {kind:?} receipt for {}", msg_list(hist, &message_ids))
+        }
+        Ok(ClientFrame::FetchBundle { owner, .. }) => format!("the request for {}'s key bundle", owner.user.as_str()),
+        Ok(ClientFrame::GroupChange { change }) => format!("the group change to version {}", change.version),
+        Ok(f) => format!("the {}", f.kind()),
+        Err(e) => format!("an undecodable frame ({e})"),
+    }
+}
+
+/// An encoded server frame in plain words, without its recipient: "the
+/// delivery of #1 from alice (seq 3)", "the server-ack of #1".
+pub fn server_frame_phrase(hist: &History, bytes: &[u8]) -> String {
     match wire::decode::<ServerFrame>(bytes) {
         Ok(ServerFrame::Deliver { seq, item }) => match item {
-            Delivery::Envelope(e) => format!("deliver seq {seq}: {:?} from {}", e.message_id, e.from.user.as_str()),
-            Delivery::Receipt { kind, message_ids, .. } => {
-                format!("deliver seq {seq}: {kind:?} receipt {message_ids:?}")
+            Delivery::Envelope(e) => {
+                format!("the delivery of {}'s {} (seq {seq})", e.from.user.as_str(), msg_label(hist, &e.message_id))
             }
-            Delivery::Expired { message_id, .. } => format!("deliver seq {seq}: {message_id:?} expired"),
-            Delivery::GroupChange(c) => format!("deliver seq {seq}: group change v{}", c.version),
+            Delivery::Receipt { from, kind, message_ids } => format!(
+                "the delivery of {}'s {kind:?} receipt for {} (seq {seq})",
+                from.user.as_str(),
+                msg_list(hist, &message_ids)
+            ),
+            Delivery::Expired { message_id, to } => {
+                format!("the notice that {} to {} expired (seq {seq})", msg_label(hist, &message_id), to.user.as_str())
+            }
+            Delivery::GroupChange(c) => format!("the delivery of group change version {} (seq {seq})", c.version),
         },
-        Ok(ServerFrame::ServerAck { message_id, .. }) => format!("server-ack {message_id:?}"),
-        Ok(ServerFrame::Bundle { bundle, .. }) => format!(
-            "bundle of {} (one-time prekey {:?})",
-            bundle.owner.user.as_str(),
-            bundle.one_time_prekey.map(|k| k.id)
-        ),
-        Ok(ServerFrame::Error { code, detail }) => format!("error {code:?}: {detail}"),
-        Ok(f) => f.kind().to_string(),
-        Err(e) => format!("undecodable frame ({e})"),
+        Ok(ServerFrame::ServerAck { message_id, .. }) => format!("the server-ack of {}", msg_label(hist, &message_id)),
+        Ok(ServerFrame::Bundle { bundle, .. }) => match bundle.one_time_prekey {
+            Some(k) => format!("{}'s key bundle (one-time prekey {})", bundle.owner.user.as_str(), k.id),
+            None => format!("{}'s key bundle (no one-time prekey)", bundle.owner.user.as_str()),
+        },
+        Ok(ServerFrame::Error { code, detail }) => format!("the error {code:?} ({detail})"),
+        Ok(f) => format!("the {}", f.kind()),
+        Err(e) => format!("an undecodable frame ({e})"),
+    }
+}
+
+/// The kind of an encoded frame as a scenario's `[[faults.frames]]` rule
+/// names it: the wire variant in kebab case, and for a `deliver` what it
+/// carries (`deliver-envelope`, `deliver-receipt`, …).
+pub fn frame_kind(dir: Dir, bytes: &[u8]) -> Option<&'static str> {
+    match dir {
+        Dir::Up => wire::decode::<ClientFrame>(bytes).ok().map(|f| f.kind()),
+        Dir::Down => wire::decode::<ServerFrame>(bytes).ok().map(|f| f.delivery_kind().unwrap_or(f.kind())),
     }
 }
