@@ -31,7 +31,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use bluetick_crypto::{xeddsa, CipherSuite, KeyPair, PublicKey};
+use bluetick_crypto::prekeys::is_low_order;
+use bluetick_crypto::{xeddsa, CipherSuite, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceAddress, DeviceId, UserId};
@@ -270,19 +271,6 @@ pub struct KeyDirectory {
     bug: Option<KeyBug>,
 }
 
-/// Whether `key` is a low-order point (order dividing 8): X25519 with it gives
-/// all zeros for every clamped secret. X25519 with any fixed clamped secret
-/// decides it exactly (the clamped scalar is 8·k with 0 < k < ℓ, so only points
-/// killed by 8 map to zero), using the crypto crate's own contributory check.
-fn is_low_order(probe: &KeyPair, key: &PublicKey) -> bool {
-    probe.dh(key).is_err()
-}
-
-/// A fixed, public probe secret for [`is_low_order`]: nothing secret depends on it.
-fn low_order_probe() -> KeyPair {
-    KeyPair::from_secret_bytes([0x42; 32])
-}
-
 impl KeyDirectory {
     /// An empty directory.
     pub fn new() -> Self {
@@ -303,7 +291,7 @@ impl KeyDirectory {
             }
             return Err(KeyDirError::IdentityBound { device: addr.clone() });
         }
-        if is_low_order(&low_order_probe(), &identity_key) {
+        if is_low_order(&identity_key) {
             return Err(KeyDirError::LowOrderKey { device: addr.clone(), kind: KeyKind::Identity, key: identity_key });
         }
         self.devices.insert(
@@ -431,17 +419,14 @@ impl KeyDirectory {
                 max: ONE_TIME_PREKEYS_STORED_MAX,
             });
         }
-        // The DH probes come last: they are the expensive check, and after the
-        // stock check at most ONE_TIME_PREKEYS_STORED_MAX + 1 of them are needed.
-        let probe = low_order_probe();
-        if is_low_order(&probe, &signed.key) {
+        if is_low_order(&signed.key) {
             return Err(KeyDirError::LowOrderKey {
                 device: addr.clone(),
                 kind: KeyKind::SignedPreKey { id: signed.id },
                 key: signed.key,
             });
         }
-        if let Some((&id, &key)) = new.iter().find(|(_, key)| is_low_order(&probe, key)) {
+        if let Some((&id, &key)) = new.iter().find(|(_, key)| is_low_order(key)) {
             return Err(KeyDirError::LowOrderKey { device: addr.clone(), kind: KeyKind::OneTimePreKey { id }, key });
         }
         Ok(new)
@@ -524,7 +509,7 @@ impl KeyDirectory {
 mod tests {
     use super::*;
     use crate::ids::{DeviceId, UserId};
-    use bluetick_crypto::IdentityKeyPair;
+    use bluetick_crypto::{IdentityKeyPair, KeyPair};
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha20Rng;
     use std::cell::RefCell;
@@ -851,10 +836,9 @@ mod tests {
         }
         assert_eq!(dir.len(), 1);
         assert_eq!(dir.record(&bob.addr).unwrap().signed_prekey, None);
-        // Ordinary keys pass the probe.
-        let probe = low_order_probe();
+        // Ordinary keys pass the check.
         for _ in 0..32 {
-            assert!(!is_low_order(&probe, &bob.key()));
+            assert!(!is_low_order(&bob.key()));
         }
     }
 

@@ -347,8 +347,7 @@ impl World {
             return None;
         };
         self.history
-            .sent
-            .insert(id, SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: body.to_vec() });
+            .record_sent(id, SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: body.to_vec() });
         self.note("send", format!("from={} to={} id={id:?} len={}", from.as_str(), to.as_str(), body.len()));
         self.after_client(from);
         Some(id)
@@ -363,9 +362,10 @@ impl World {
             self.after_client(from);
             return None;
         };
-        self.history
-            .sent
-            .insert(id, SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: bytes.to_vec() });
+        self.history.record_sent(
+            id,
+            SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: bytes.to_vec() },
+        );
         self.history.media.insert(id);
         self.note("send-media", format!("from={} to={} id={id:?} len={}", from.as_str(), to.as_str(), bytes.len()));
         self.after_client(from);
@@ -432,7 +432,7 @@ impl World {
         };
         let to: BTreeSet<UserId> =
             client.group(&group).map(|(_, m)| m.into_iter().filter(|u| u != from).collect()).unwrap_or_default();
-        self.history.sent.insert(id, SentMessage { from: from.clone(), to, body: body.to_vec() });
+        self.history.record_sent(id, SentMessage { from: from.clone(), to, body: body.to_vec() });
         self.note("send-group", format!("from={} group={group:?} id={id:?} len={}", from.as_str(), body.len()));
         self.after_client(from);
         Some(id)
