@@ -42,6 +42,11 @@ enum Command {
         /// Directory for the server's durable state (`server.redb`); created if missing.
         #[arg(long, default_value = "./data")]
         data: PathBuf,
+        /// Frames one connection may send per second before it is refused
+        /// (burst: twice this). Raise it for load generators; real clients
+        /// stay far below the default.
+        #[arg(long, default_value_t = bluetick_core::server::machine::FRAMES_PER_SECOND_MAX)]
+        max_frames_per_second: u32,
     },
     /// Run a scenario file through the deterministic simulator and write its
     /// report; exit 0 when every invariant held, 1 on a violation, 2 on bad input.
@@ -88,7 +93,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { listen, data } => match serve(listen, &data) {
+        Command::Serve { listen, data, max_frames_per_second } => match serve(listen, &data, max_frames_per_second) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the server until Ctrl-C or SIGTERM; errors are sentences for a person.
-fn serve(listen: SocketAddr, data: &Path) -> Result<(), String> {
+fn serve(listen: SocketAddr, data: &Path, max_frames_per_second: u32) -> Result<(), String> {
     use bluetick_core::store::{RedbStore, StoreError};
     use bluetick_net::server::{run_server, ServerOptions};
 
@@ -148,7 +153,12 @@ fn serve(listen: SocketAddr, data: &Path) -> Result<(), String> {
         })?;
         let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
         println!("bluetick server listening on ws://{local}/ with data in {}", data.display());
-        let options = ServerOptions::new(Default::default(), bluetick_net::entropy::os_seed_u64());
+        let core = bluetick_core::server::machine::ServerConfig {
+            frames_per_second_max: max_frames_per_second,
+            frames_burst_max: max_frames_per_second.saturating_mul(2),
+            ..Default::default()
+        };
+        let options = ServerOptions::new(core, bluetick_net::entropy::os_seed_u64());
         run_server(listener, store, options, shutdown_signal()).await.map_err(|e| match e {
             // The store is intact up to the failed group commit: a restart
             // recovers, so do not send the operator looking for backups.

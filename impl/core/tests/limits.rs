@@ -56,8 +56,12 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        Self::with(ServerConfig::default())
+    }
+
+    fn with(config: ServerConfig) -> Self {
         Rig {
-            server: Server::new(ServerConfig::default(), 1),
+            server: Server::new(config, 1),
             store: MemoryStore::new(),
             now: 1_000_000,
             rng: ChaCha20Rng::seed_from_u64(2),
@@ -510,4 +514,28 @@ fn a_group_message_may_run_max_gap_ahead_and_not_one_more() {
     let err = record.decrypt(&messages[MAX_GAP as usize + 1]).unwrap_err();
     assert!(matches!(err, SenderKeyError::TooFarAhead { .. }), "{err:?}");
     assert!(record.decrypt(&messages[MAX_GAP as usize]).is_ok());
+}
+
+#[test]
+fn the_frame_rate_is_a_setting() {
+    let config = ServerConfig { frames_per_second_max: 1_000, frames_burst_max: 2_000, ..ServerConfig::default() };
+    let mut r = Rig::with(config);
+    let alice = r.register("alice");
+    // Far past the default burst, within the configured one.
+    for n in 2..2_000u32 {
+        assert!(
+            matches!(
+                r.send(alice.conn, &ClientFrame::Ping { nonce: u64::from(n) }).as_slice(),
+                [ServerFrame::Pong { .. }]
+            ),
+            "ping {n}"
+        );
+    }
+    assert_eq!(code(&r.send(alice.conn, &ClientFrame::Ping { nonce: 0 })), Some(ErrorCode::LimitExceeded));
+    // It refills at the configured rate: 100 ms buys 100 frames, not 20.
+    r.now += 100;
+    for n in 0..100u64 {
+        assert!(matches!(r.send(alice.conn, &ClientFrame::Ping { nonce: n }).as_slice(), [ServerFrame::Pong { .. }]));
+    }
+    assert_eq!(code(&r.send(alice.conn, &ClientFrame::Ping { nonce: 0 })), Some(ErrorCode::LimitExceeded));
 }

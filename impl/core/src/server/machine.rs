@@ -104,8 +104,25 @@ pub struct ServerConfig {
     pub ttl_media_ms: u64,
     /// Mailbox depth limit per device.
     pub mailbox_depth_max: usize,
+    /// Frames one connection may send per second on average
+    /// ([`FRAMES_PER_SECOND_MAX`] by default). A deployment whose clients
+    /// are load generators or bridges raises it; 0 refuses every frame.
+    #[serde(default = "default_frames_per_second_max")]
+    pub frames_per_second_max: u32,
+    /// Burst allowance on top of the rate ([`FRAMES_BURST_MAX`] by default).
+    #[serde(default = "default_frames_burst_max")]
+    pub frames_burst_max: u32,
     /// Deliberate bugs (tests only).
     pub bugs: ServerBugs,
+}
+
+// Configurations saved before the frame limit was tunable keep its old value.
+fn default_frames_per_second_max() -> u32 {
+    FRAMES_PER_SECOND_MAX
+}
+
+fn default_frames_burst_max() -> u32 {
+    FRAMES_BURST_MAX
 }
 
 impl Default for ServerConfig {
@@ -117,6 +134,8 @@ impl Default for ServerConfig {
             ttl_text_ms: 30 * DAY_MS,
             ttl_media_ms: 14 * DAY_MS,
             mailbox_depth_max: MAILBOX_DEPTH_MAX,
+            frames_per_second_max: FRAMES_PER_SECOND_MAX,
+            frames_burst_max: FRAMES_BURST_MAX,
             bugs: ServerBugs::default(),
         }
     }
@@ -235,15 +254,15 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(now_ms: u64) -> Self {
-        Bucket { milli_tokens: u64::from(FRAMES_BURST_MAX) * 1000, at_ms: now_ms }
+    fn new(now_ms: u64, burst: u32) -> Self {
+        Bucket { milli_tokens: u64::from(burst) * 1000, at_ms: now_ms }
     }
 
-    fn take(&mut self, now_ms: u64) -> bool {
+    fn take(&mut self, now_ms: u64, per_second: u32, burst: u32) -> bool {
         let elapsed = now_ms.saturating_sub(self.at_ms);
         self.at_ms = self.at_ms.max(now_ms);
-        let cap = u64::from(FRAMES_BURST_MAX) * 1000;
-        self.milli_tokens = (self.milli_tokens + elapsed * u64::from(FRAMES_PER_SECOND_MAX)).min(cap);
+        let cap = u64::from(burst) * 1000;
+        self.milli_tokens = self.milli_tokens.saturating_add(elapsed.saturating_mul(u64::from(per_second))).min(cap);
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true
@@ -583,7 +602,11 @@ impl Server {
         self.rng.fill_bytes(&mut nonce);
         if let Some(old) = self.conns.insert(
             conn,
-            Conn { auth: Auth::Pending { nonce, since_ms: now_ms }, bucket: Bucket::new(now_ms), errors: 0 },
+            Conn {
+                auth: Auth::Pending { nonce, since_ms: now_ms },
+                bucket: Bucket::new(now_ms, self.config.frames_burst_max),
+                errors: 0,
+            },
         ) {
             self.forget_auth_deadline(conn, &old.auth);
         }
@@ -617,8 +640,9 @@ impl Server {
     /// One frame's bytes arrived on `conn`.
     pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now_ms: u64, store: &mut dyn Store) {
         self.stats.frames_in += 1;
+        let (per_second, burst) = (self.config.frames_per_second_max, self.config.frames_burst_max);
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        if !c.bucket.take(now_ms) {
+        if !c.bucket.take(now_ms, per_second, burst) {
             self.refuse(conn, Refusal::new(ErrorCode::LimitExceeded, "too many frames: slow down"));
             // The refusal may be the one that closes the connection.
             self.finish_closes(now_ms, store);
