@@ -956,11 +956,19 @@ impl Runner<'_> {
         }
         for (name, min) in &s.expect.at_least {
             let n = counts.get(name).copied().unwrap_or(0);
+            // The turmoil driver does not keep removed members' state copies,
+            // so it never counts their attempts: an unmet guard on that
+            // counter says nothing about the run there.
+            let unfed = kind == crate::scenario::spec::DriverKind::Turmoil && name == "removed_member_attempts";
             guards.push(Guard {
                 name: format!("{name} ≥ {min}"),
                 passed: n >= *min,
-                required: true,
-                detail: format!("{name} = {n}"),
+                required: !unfed,
+                detail: if unfed {
+                    format!("{name} = {n} (not counted by the turmoil driver; advisory)")
+                } else {
+                    format!("{name} = {n}")
+                },
             });
         }
         for (pct, bound) in &s.expect.latency_online_ms {

@@ -994,7 +994,14 @@ impl Driver for TurmoilDriver {
 
     fn change_group(&mut self, admin: &UserId, group: GroupId, add: &[UserId], remove: &[UserId]) -> bool {
         let (admin_c, add, remove) = (admin.clone(), add.to_vec(), remove.to_vec());
-        self.ask(admin, |reply| FarmCommand::ChangeGroup { admin: admin_c, group, add, remove, reply }).unwrap_or(false)
+        let applied = self
+            .ask(admin, |reply| FarmCommand::ChangeGroup { admin: admin_c, group, add, remove, reply })
+            .unwrap_or(false);
+        if applied {
+            // Feeds the `group_changes` guard, as the World counts its own.
+            self.history.counts.group_changes += 1;
+        }
+        applied
     }
 
     fn send_group(&mut self, from: &UserId, group: GroupId, body: &[u8]) -> Option<MessageId> {
