@@ -119,7 +119,9 @@ impl Client {
         let group = envelope.group?;
         let message = GroupMessage::from_bytes(&envelope.ciphertext).ok()?;
         let sender = &envelope.from.user;
-        if let Some(record) = self.state.groups.records.get_mut(&(group, sender.clone())) {
+        let groups = &mut self.state.groups;
+        let key = (group, sender.clone());
+        for record in [groups.records.get_mut(&key), groups.late_records.get_mut(&key)].into_iter().flatten() {
             if let Ok(plaintext) = record.decrypt(&message) {
                 return Some(plaintext.to_vec());
             }

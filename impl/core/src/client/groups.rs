@@ -128,6 +128,13 @@ pub(crate) struct Applied {
 pub(crate) struct Groups {
     pub groups: BTreeMap<GroupId, GroupState>,
     pub records: BTreeMap<(GroupId, UserId), SenderKeyRecord>,
+    /// Keys that arrived after a newer key of the same sender. Kept apart
+    /// because a record evicts the key that arrived first, not the oldest:
+    /// a burst of late distributions (frames reordered, or resent after a
+    /// refusal) pushed the sender's current key out of `records`, and every
+    /// message sealed under it afterwards stayed held for good.
+    #[serde(default)]
+    pub late_records: BTreeMap<(GroupId, UserId), SenderKeyRecord>,
     pub held_changes: VecDeque<SignedGroupChange>,
 }
 
@@ -239,6 +246,7 @@ impl Groups {
         for u in &removed {
             group.distributed_to.remove(u);
             self.records.remove(&(change.group, u.clone()));
+            self.late_records.remove(&(change.group, u.clone()));
         }
         let we_left = removed.contains(me);
         if we_left {

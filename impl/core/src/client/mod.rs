@@ -1561,7 +1561,11 @@ impl Client {
             )));
         }
         self.retain_group(group, &envelope.from.user);
-        let Some(record) = self.state.groups.records.get_mut(&(group, envelope.from.user.clone())) else {
+        let key = (group, envelope.from.user.clone());
+        let groups = &mut self.state.groups;
+        let in_late = groups.late_records.get(&key).is_some_and(|r| r.key_ids().contains(&message.key_id));
+        let record = if in_late { groups.late_records.get_mut(&key) } else { groups.records.get_mut(&key) };
+        let Some(record) = record else {
             return Ok(None);
         };
         match record.decrypt(&message) {
@@ -1601,7 +1605,9 @@ impl Client {
             return;
         }
         let key = (group, sender.clone());
-        let records = &mut self.state.groups.records;
+        let groups = &mut self.state.groups;
+        let late = groups.records.get(&key).is_some_and(|r| superseded(&r.key_ids(), distribution.key_id));
+        let records = if late { &mut groups.late_records } else { &mut groups.records };
         match records.get_mut(&key) {
             Some(record) => {
                 if record.add_distribution(distribution).is_err() {
@@ -1809,10 +1815,20 @@ impl Client {
         };
         for u in &applied.removed {
             self.state.groups.records.remove(&(group, u.clone()));
+            self.state.groups.late_records.remove(&(group, u.clone()));
         }
         self.touch();
         self.after_membership_change(group, &applied);
         self.vol.events.push_back(AppEvent::GroupUpdated { group, version });
         self.apply_held_successors(group);
     }
+}
+
+/// Whether `key_id` is older than the newest of `held` (ids newest first) and
+/// not one of them. A sender's key ids count up by one per rotation (see
+/// `OwnSenderKey::rotate`), so the wrapping distance tells their order.
+fn superseded(held: &[u32], key_id: u32) -> bool {
+    let Some(newest) = held.first() else { return false };
+    let behind = newest.wrapping_sub(key_id);
+    behind != 0 && behind < 1 << 31 && !held.contains(&key_id)
 }

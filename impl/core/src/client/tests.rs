@@ -803,6 +803,62 @@ fn a_group_message_before_its_sender_key_is_held_then_shown() {
     assert_eq!(net.client("bob").held_group_messages(), 0);
 }
 
+/// Regression (found by a 64-member churn scenario): a sender rotated six
+/// times while its key distributions to Bob were held up, then Bob got the
+/// current key first and the six superseded ones after it (frames reordered,
+/// or resent after the server refused them). A record keeps five keys and
+/// evicts the one that arrived first, so the late ones pushed out the key
+/// still in use, and every later message under it was held unread for good.
+#[test]
+fn superseded_sender_keys_arriving_late_do_not_evict_the_current_one() {
+    let extra = ["x1", "x2", "x3", "x4", "x5", "x6", "x7"];
+    let names: Vec<&str> = ["alice", "bob"].into_iter().chain(extra).collect();
+    let mut net = Net::with(&names, ClientBugs::none());
+    let members: Vec<UserId> = names.iter().skip(1).map(|n| u(n)).collect();
+    let g = net.call("alice", |c, now| c.create_group(members, now)).unwrap();
+    net.pump();
+    net.call("alice", |c, now| c.send_group(g, b"k0", now)).unwrap();
+    net.pump();
+    let mut late = Vec::new();
+    let mut expected = vec![b"k0".to_vec()];
+    for (i, x) in extra.iter().take(6).enumerate() {
+        net.call("alice", |c, now| c.change_group(g, vec![], vec![u(x)], now)).unwrap();
+        let body = format!("k{}", i + 1).into_bytes();
+        net.call("alice", |c, now| c.send_group(g, &body, now)).unwrap();
+        expected.push(body);
+        net.pump_with(|name, f| match f {
+            ServerFrame::Deliver { item: Delivery::Envelope(e), .. }
+                if *name == u("bob") && e.kind != EnvelopeKind::Group =>
+            {
+                late.push(f.clone());
+                Fate::Drop
+            }
+            _ => Fate::Deliver,
+        });
+    }
+    assert_eq!(late.len(), 6, "one distribution per rotated key");
+    assert_eq!(net.client("bob").held_group_messages(), 6);
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("x7")], now)).unwrap();
+    net.call("alice", |c, now| c.send_group(g, b"current", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![b"k0".to_vec(), b"current".to_vec()]);
+    for frame in late {
+        net.call("bob", |c, now| c.handle_frame(frame, now));
+    }
+    net.pump();
+    assert_eq!(net.client("bob").held_group_messages(), 0);
+    let mut shown = net.bodies("bob");
+    shown.sort();
+    expected.push(b"current".to_vec());
+    expected.sort();
+    assert_eq!(shown, expected);
+    // The current key still opens what follows.
+    net.call("alice", |c, now| c.send_group(g, b"after", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob").last().unwrap(), b"after");
+    assert_eq!(net.client("bob").held_group_messages(), 0);
+}
+
 #[test]
 fn a_group_change_the_server_altered_is_rejected() {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
