@@ -211,9 +211,9 @@ impl Groups {
         Verdict::Apply
     }
 
-    /// Applies a change [`Groups::check`] accepted (or one we signed). Drops
-    /// the sender keys of removed members (but not the others' keys when we
-    /// are the one removed); rotation is the caller's decision.
+    /// Applies a change [`Groups::check`] accepted (or one we signed). Keeps
+    /// every sender key, ours excepted when we are the one removed; rotation
+    /// is the caller's decision.
     pub fn apply(&mut self, change: &SignedGroupChange, me: &UserId) -> Applied {
         let known = self.groups.contains_key(&change.group);
         let group = self.groups.entry(change.group).or_insert_with(|| GroupState {
@@ -243,10 +243,15 @@ impl Groups {
         let added: Vec<UserId> = added.into_iter().collect();
         let removed: Vec<UserId> = removed.into_iter().collect();
         group.version = change.version;
+        // The removed members' own sender keys stay (until room is needed,
+        // see `make_room`): the server accepted their messages up to the
+        // removal and may still be delivering them, and a member removed and
+        // re-added at once hands out its new key before a member that is
+        // behind has applied the removal. Dropping the keys here held such
+        // messages unread for good. A removed member cannot post any more:
+        // the server refuses it (`NotMember`).
         for u in &removed {
             group.distributed_to.remove(u);
-            self.records.remove(&(change.group, u.clone()));
-            self.late_records.remove(&(change.group, u.clone()));
         }
         let we_left = removed.contains(me);
         if we_left {
@@ -303,6 +308,16 @@ impl Groups {
     /// Whether `me` is currently a member of `group`.
     pub fn is_member(&self, group: &GroupId, me: &UserId) -> bool {
         self.groups.get(group).is_some_and(|g| g.members.contains(me))
+    }
+
+    /// Frees one slot in `records` or `late_records` (whichever `late`
+    /// names) by dropping a sender key of someone no longer a member of its
+    /// group; false when every held key belongs to a member.
+    pub fn make_room(&mut self, late: bool) -> bool {
+        let records = if late { &self.late_records } else { &self.records };
+        let stale = records.keys().find(|(g, u)| !self.is_member(g, u)).cloned();
+        let records = if late { &mut self.late_records } else { &mut self.records };
+        stale.is_some_and(|k| records.remove(&k).is_some())
     }
 }
 
@@ -385,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn joining_mid_way_is_partial_and_removal_drops_records() {
+    fn joining_mid_way_is_partial_and_we_can_be_removed() {
         let id = admin();
         let mut g = Groups::default();
         let v5 = signed(&id, 5, &["bob"], &[]);
@@ -398,6 +413,29 @@ mod tests {
         let applied = g.apply(&v6, &u("bob"));
         assert!(applied.we_left);
         assert!(!g.is_member(&GroupId([7; 16]), &u("bob")));
+    }
+
+    #[test]
+    fn removal_keeps_sender_keys_and_room_is_made_from_former_members_only() {
+        use bluetick_crypto::sender_key::GroupId as SkGroupId;
+        use bluetick_crypto::CipherSuite;
+        let id = admin();
+        let mut g = Groups::default();
+        g.apply(&signed(&id, 1, &["bob", "carol"], &[]), &u("alice"));
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let suite = CipherSuite::default();
+        for who in ["bob", "carol"] {
+            let own = OwnSenderKey::new(suite, SkGroupId([7; 16]), &mut rng);
+            let record = SenderKeyRecord::from_distribution(suite, &own.distribution()).unwrap();
+            g.records.insert((GroupId([7; 16]), u(who)), record);
+        }
+        assert!(!g.make_room(false), "every key belongs to a member");
+        g.apply(&signed(&id, 2, &[], &["carol"]), &u("alice"));
+        assert_eq!(g.records.len(), 2, "a removed member's key stays for messages still on their way");
+        assert!(!g.make_room(true), "nothing late to drop");
+        assert!(g.make_room(false));
+        assert_eq!(g.records.keys().map(|(_, u)| u.clone()).collect::<Vec<_>>(), vec![u("bob")]);
+        assert!(!g.make_room(false));
     }
 
     #[test]

@@ -1607,6 +1607,11 @@ impl Client {
         let key = (group, sender.clone());
         let groups = &mut self.state.groups;
         let late = groups.records.get(&key).is_some_and(|r| superseded(&r.key_ids(), distribution.key_id));
+        let full = if late { groups.late_records.len() } else { groups.records.len() } >= SENDER_KEY_RECORDS_MAX;
+        let has = if late { groups.late_records.contains_key(&key) } else { groups.records.contains_key(&key) };
+        if full && !has && !groups.make_room(late) {
+            return;
+        }
         let records = if late { &mut groups.late_records } else { &mut groups.records };
         match records.get_mut(&key) {
             Some(record) => {
@@ -1614,17 +1619,12 @@ impl Client {
                     return;
                 }
             }
-            None => {
-                if records.len() >= SENDER_KEY_RECORDS_MAX {
-                    return;
+            None => match SenderKeyRecord::from_distribution(self.config.suite, distribution) {
+                Ok(record) => {
+                    records.insert(key, record);
                 }
-                match SenderKeyRecord::from_distribution(self.config.suite, distribution) {
-                    Ok(record) => {
-                        records.insert(key, record);
-                    }
-                    Err(_) => return,
-                }
-            }
+                Err(_) => return,
+            },
         }
         self.touch();
         let mut still_held = Vec::new();
@@ -1813,10 +1813,6 @@ impl Client {
                 Applied::default()
             }
         };
-        for u in &applied.removed {
-            self.state.groups.records.remove(&(group, u.clone()));
-            self.state.groups.late_records.remove(&(group, u.clone()));
-        }
         self.touch();
         self.after_membership_change(group, &applied);
         self.vol.events.push_back(AppEvent::GroupUpdated { group, version });

@@ -859,6 +859,41 @@ fn superseded_sender_keys_arriving_late_do_not_evict_the_current_one() {
     assert_eq!(net.client("bob").held_group_messages(), 0);
 }
 
+/// Regression (found by a churn scenario where the senders are churned too):
+/// a member's message the server accepted before the member's removal was
+/// still on its way (a lost frame, redelivered after the ack timeout) when
+/// the removal was applied. Dropping the removed member's sender key there
+/// left the message held unread for good.
+#[test]
+fn a_removed_members_message_sent_before_the_removal_still_opens() {
+    let mut net = Net::with(&["alice", "bob", "carol"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob"), u("carol")], now)).unwrap();
+    net.pump();
+    net.call("bob", |c, now| c.send_group(g, b"first", now)).unwrap();
+    net.pump();
+    net.call("bob", |c, now| c.send_group(g, b"in flight", now)).unwrap();
+    let mut late = Vec::new();
+    net.pump_with(|name, f| match f {
+        ServerFrame::Deliver { item: Delivery::Envelope(e), .. }
+            if *name == u("carol") && e.kind == EnvelopeKind::Group =>
+        {
+            late.push(f.clone());
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    assert_eq!(late.len(), 1);
+    net.call("alice", |c, now| c.change_group(g, vec![], vec![u("bob")], now)).unwrap();
+    net.pump();
+    assert!(!net.client("carol").group(&g).unwrap().1.contains(&u("bob")));
+    for frame in late {
+        net.call("carol", |c, now| c.handle_frame(frame, now));
+    }
+    net.pump();
+    assert_eq!(net.bodies("carol"), vec![b"first".to_vec(), b"in flight".to_vec()]);
+    assert_eq!(net.client("carol").held_group_messages(), 0);
+}
+
 #[test]
 fn a_group_change_the_server_altered_is_rejected() {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
