@@ -96,6 +96,14 @@ fuzz secs="120":
             -max_total_time={{secs}} -max_len=8192 -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20
     done
 
+# Mutation testing with cargo-mutants (settings in .cargo/mutants.toml). The
+# crypto crate takes ~75 min on 2 cores; its results and every survivor's
+# explanation are in reports/mutants.md. Extra arguments go to cargo-mutants,
+# e.g. `just mutants -p bluetick-core -f impl/core/src/server/mailbox.rs`.
+mutants *args="-p bluetick-crypto":
+    command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked --version 27.1.0
+    cargo mutants -j 2 --output target/mutants {{args}}
+
 # Regenerate the committed example reports (reports/examples/) of every bundled scenario at its default seed.
 reports:
     cargo build --release

@@ -837,3 +837,26 @@ mod tests {
         assert!(text.contains("[redacted]"));
     }
 }
+
+#[cfg(test)]
+mod accessor_tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn the_grace_period_is_thirty_days_and_keys_report_their_own_fields() {
+        assert_eq!(SIGNED_PREKEY_GRACE_MS, 2_592_000_000);
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let mut store = PreKeyStore::new(CipherSuite::BluetickV1, identity, &mut rng, 1_234_567);
+        assert_eq!(store.signed_prekey().created_at_ms(), 1_234_567);
+        let fresh = store.generate_one_time(3, &mut rng);
+        for b in &fresh {
+            let key = store.one_time_prekey(b.id).unwrap();
+            assert_eq!(key.id(), b.id);
+            assert_eq!(key.key_pair().public(), b.key);
+        }
+        assert!(fresh.iter().any(|b| b.id > 1), "ids are distinct, so not all 0 or 1");
+    }
+}

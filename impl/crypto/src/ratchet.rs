@@ -1122,3 +1122,46 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod accessor_tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn a_session_reports_its_suite_associated_data_and_counter() {
+        for suite in [CipherSuite::BluetickV1, CipherSuite::SignalV3Compat] {
+            let mut rng = ChaCha20Rng::seed_from_u64(8);
+            let spk = KeyPair::generate(&mut rng);
+            let ad = b"ad bytes".to_vec();
+            let mut alice =
+                Session::initiator(suite, &SecretKey::new([1; 32]), ad.clone(), spk.public(), &mut rng).unwrap();
+            assert_eq!(alice.suite(), suite);
+            assert_eq!(alice.associated_data(), ad.as_slice());
+            assert_eq!(alice.sending_message_number(), Some(0));
+            for _ in 0..2 {
+                alice.encrypt(b"m").unwrap();
+            }
+            assert_eq!(alice.sending_message_number(), Some(2));
+        }
+    }
+
+    /// Saved state may hold exactly `MAX_PREVIOUS_RATCHET_KEYS` earlier keys,
+    /// never more: a longer list is refused when loading.
+    #[test]
+    fn loading_accepts_the_previous_key_limit_and_refuses_one_more() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let spk = KeyPair::generate(&mut rng);
+        let session =
+            Session::initiator(CipherSuite::BluetickV1, &SecretKey::new([1; 32]), vec![], spk.public(), &mut rng)
+                .unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&session).unwrap();
+        let key = serde_json::to_value(spk.public()).unwrap();
+        for (len, ok) in [(MAX_PREVIOUS_RATCHET_KEYS, true), (MAX_PREVIOUS_RATCHET_KEYS + 1, false)] {
+            json["previous_ratchet_keys"] = serde_json::Value::Array(vec![key.clone(); len]);
+            let loaded = serde_json::from_value::<Session>(json.clone());
+            assert_eq!(loaded.is_ok(), ok, "{len} keys: {loaded:?}");
+        }
+    }
+}

@@ -1245,3 +1245,26 @@ mod tests {
         assert!(format!("{sender:?}").contains("redacted"));
     }
 }
+
+#[cfg(test)]
+mod accessor_tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn keys_and_records_report_their_suite_and_the_sender_its_iteration() {
+        for suite in [CipherSuite::BluetickV1, CipherSuite::SignalV3Compat] {
+            let mut rng = ChaCha20Rng::seed_from_u64(5);
+            let mut sender = OwnSenderKey::new(suite, GroupId([9; 16]), &mut rng);
+            let record = SenderKeyRecord::from_distribution(suite, &sender.distribution()).unwrap();
+            assert_eq!((sender.suite(), record.suite()), (suite, suite));
+            assert_eq!(sender.iteration(), 0);
+            for _ in 0..3 {
+                sender.encrypt(b"x").unwrap();
+            }
+            assert_eq!(sender.iteration(), 3);
+            assert_eq!(sender.distribution().iteration, 3);
+        }
+    }
+}

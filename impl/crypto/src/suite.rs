@@ -252,3 +252,19 @@ mod tests {
         assert_eq!((enc.len(), enc[0]), (33, 0x05));
     }
 }
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    /// The names appear in scenario files and saved state, and the labels
+    /// are protocol constants (`WhisperRatchet` is libsignal's): changing
+    /// one silently breaks every stored session and peer.
+    #[test]
+    fn names_and_ratchet_labels_are_pinned() {
+        assert_eq!(CipherSuite::BluetickV1.name(), "bluetick-v1");
+        assert_eq!(CipherSuite::SignalV3Compat.name(), "signal-v3-compat");
+        assert_eq!(CipherSuite::BluetickV1.ratchet_info(), b"bluetick ratchet v1");
+        assert_eq!(CipherSuite::SignalV3Compat.ratchet_info(), b"WhisperRatchet");
+    }
+}

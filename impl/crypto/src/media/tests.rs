@@ -567,3 +567,52 @@ fn known_answers_from_an_independent_implementation() {
         "42944b6b777e14427e42429a122fe1c5b781527645fb7f08ee408de20e7f"
     );
 }
+
+/// A reader that misbehaves the way `read_some` must survive: a permanent
+/// error, or a claim of more bytes than the buffer holds.
+struct BadReader {
+    claim_too_much: bool,
+}
+
+impl Read for BadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.claim_too_much {
+            Ok(buf.len() + 1)
+        } else {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+}
+
+#[test]
+fn a_failing_or_lying_reader_is_an_io_error_not_a_loop_or_a_panic() {
+    for claim_too_much in [false, true] {
+        let encryptor = MediaEncryptor::new(MediaFormat::BluetickV1, SecretKey::new([3; 32]), BlobId([2; 16]));
+        let error = encrypt_io(encryptor, &mut BadReader { claim_too_much }, &mut Vec::new());
+        assert!(matches!(error, Err(MediaIoError::Io(_))), "{error:?}");
+        let (_, _, pointer) = sample(MediaFormat::BluetickV1, 10, 5);
+        let error = decrypt_io(&pointer, &mut BadReader { claim_too_much }, &mut Vec::new());
+        assert!(matches!(error, Err(MediaIoError::Io(_))), "{error:?}");
+    }
+}
+
+#[test]
+fn the_buffer_bound_is_one_sealed_chunk_and_a_partial_chunk_is_really_buffered() {
+    assert_eq!(STREAM_BUFFER_LEN_MAX, 64 * 1024 + 16);
+    for format in FORMATS {
+        let mut encryptor = MediaEncryptor::new(format, SecretKey::new([4; 32]), BlobId([3; 16]));
+        let mut blob = Vec::new();
+        encryptor.update(&[7; 1000], &mut blob).unwrap();
+        let held = encryptor.buffer_capacity();
+        assert!(
+            (1000 - blob.len().min(1000)..=STREAM_BUFFER_LEN_MAX).contains(&held) && held > 1,
+            "{format:?}: {held}"
+        );
+        let pointer = encryptor.finish(&mut blob).unwrap();
+        let mut decryptor = MediaDecryptor::new(&pointer).unwrap();
+        let mut out = Vec::new();
+        decryptor.update(&blob[..blob.len() - 1], &mut out).unwrap();
+        let held = decryptor.buffer_capacity();
+        assert!(held > 1 && held <= STREAM_BUFFER_LEN_MAX, "{format:?}: {held}");
+    }
+}
