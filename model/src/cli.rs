@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bluetick_crypto::CipherSuite;
 use clap::Args;
 
 use crate::config::{BugSwitch, ModelConfig};
@@ -49,6 +50,18 @@ pub struct CheckArgs {
     /// (`bluetick run FILE` then fails on the same invariant).
     #[arg(long, value_name = "FILE")]
     pub write_scenario: Option<PathBuf>,
+    /// Cipher suite of the messaging configurations: `bluetick-v1` (default),
+    /// `signal-v3-compat`, or `symbolic-insecure` (no-security stand-ins for
+    /// the public-key operations: more states per second, for deep runs).
+    #[arg(long, value_name = "SUITE", value_parser = parse_suite)]
+    pub suite: Option<CipherSuite>,
+}
+
+fn parse_suite(name: &str) -> Result<CipherSuite, String> {
+    CipherSuite::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = CipherSuite::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown suite {name:?}; known: {}", known.join(", "))
+    })
 }
 
 /// A counterexample kept for `--write-scenario`: the configuration it was
@@ -76,7 +89,8 @@ pub fn cli_check(args: CheckArgs) -> ExitCode {
         timeout: args.timeout_secs.map(Duration::from_secs),
         stop_when_found: Vec::new(),
     };
-    let mut out = Output { ok: true, rows: vec![header()], traces: String::new(), found: Vec::new() };
+    let mut out =
+        Output { ok: true, rows: vec![header()], traces: String::new(), found: Vec::new(), suite: args.suite };
     if let Some(b) = args.bug.as_deref() {
         let Some(bug) = BugSwitch::from_name(b) else {
             let names: Vec<&str> = BugSwitch::ALL.iter().map(|b| b.name()).collect();
@@ -170,6 +184,7 @@ struct Output {
     rows: Vec<String>,
     traces: String,
     found: Vec<Found>,
+    suite: Option<CipherSuite>,
 }
 
 impl Output {
@@ -181,6 +196,13 @@ impl Output {
         wanted: Option<&str>,
         expected: Option<Check>,
     ) -> Result<(), ExitCode> {
+        let mut config = config;
+        if let Some(suite) = self.suite {
+            config.suite = suite;
+            if suite != CipherSuite::default() {
+                config.name = format!("{} [{}]", config.name, suite.name());
+            }
+        }
         let report = match run::run(config.clone(), options) {
             Ok(r) => r,
             Err(e) => {

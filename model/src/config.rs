@@ -9,6 +9,7 @@ use bluetick_core::client::{ClientBug, ClientBugs};
 use bluetick_core::server::keys::KeyBug;
 use bluetick_core::server::mailbox::MailboxBug;
 use bluetick_core::server::ServerBugs;
+use bluetick_crypto::CipherSuite;
 
 /// A deliberate bug `bluetick check --bug NAME` can switch on, named as a
 /// scenario file's `[bugs]` table names it, so a counterexample found with
@@ -219,6 +220,11 @@ pub struct ModelConfig {
     pub prekey_batch: usize,
     /// Depth bound of the search, if any.
     pub max_depth: Option<usize>,
+    /// Cipher suite of every device and the server. `symbolic-insecure`
+    /// trades the real public-key operations for stand-ins to explore more
+    /// states per second; the CI bounds keep the real suite, so every
+    /// property, forward secrecy included, is also checked with real crypto.
+    pub suite: CipherSuite,
     /// The properties this configuration is meant to check; others are
     /// still evaluated but not reported.
     pub checks: Vec<&'static str>,
@@ -231,6 +237,7 @@ impl ModelConfig {
         ModelConfig {
             name: name.to_string(),
             seed: 7,
+            suite: CipherSuite::BluetickV1,
             clients,
             scripts: vec![Vec::new(); clients],
             warm_up: Vec::new(),

@@ -32,6 +32,7 @@ use bluetick_core::client::ClientBug;
 use bluetick_core::server::keys::KeyBug;
 use bluetick_core::server::mailbox::MailboxBug;
 use bluetick_core::server::presence::PresenceBug;
+use bluetick_crypto::CipherSuite;
 
 use crate::config::AppStep;
 use crate::model::{Action, MessagingModel};
@@ -479,6 +480,9 @@ fn render(model: &MessagingModel, check: Check, tl: &Timeline, bugs: &[String]) 
     let description =
         format!("Replays a model-checking counterexample: {} fails in {} ({bug_names}).", check.name(), cfg.name);
     let _ = writeln!(o, "description = {}", quoted(&description));
+    if cfg.suite != CipherSuite::default() {
+        let _ = writeln!(o, "suite = {}", quoted(cfg.suite.name()));
+    }
     let _ = writeln!(o, "duration = {}\nseed = 1\n", ms(tl.end));
     let users: Vec<String> = (0..cfg.clients).map(|i| quoted(name(i))).collect();
     let _ = writeln!(o, "[users]\nnames = [{}]\n", users.join(", "));

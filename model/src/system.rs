@@ -38,7 +38,6 @@ use bluetick_core::store::{MemoryStore, Store, Table};
 use bluetick_core::wire::{self, ClientFrame, Delivery, Envelope, EnvelopeKind, ServerFrame, SignedGroupChange};
 use bluetick_crypto::ratchet::RatchetMessage;
 use bluetick_crypto::xeddsa::Signature;
-use bluetick_crypto::CipherSuite;
 
 use crate::config::{AppStep, ModelConfig, GHOST, USER_NAMES};
 use crate::properties::{Check, Flags};
@@ -519,7 +518,7 @@ impl Setup {
             .map(|i| {
                 let i = if i >= config.clients { GHOST } else { i };
                 ClientConfig {
-                    suite: CipherSuite::BluetickV1,
+                    suite: config.suite,
                     resend_after_ms: config.timing.resend_after_ms,
                     prekey_batch: config.prekey_batch,
                     bugs: config.client_bugs.clone(),
@@ -532,6 +531,7 @@ impl Setup {
             ttl_text_ms: config.timing.ttl_ms,
             ttl_media_ms: config.timing.ttl_ms,
             bugs: config.server_bugs,
+            suite: config.suite,
             ..ServerConfig::default()
         };
         let warm_up_configs = client_configs

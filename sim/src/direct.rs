@@ -7,7 +7,6 @@ use bluetick_core::ids::{GroupId, MessageId, UserId};
 use bluetick_core::wire::Visibility;
 use bluetick_core::world::oracle::{History, Violation};
 use bluetick_core::world::{Faults, World, WorldConfig};
-use bluetick_crypto::CipherSuite;
 
 use crate::driver::{Direction, Driver, DriverConfig, FrameFault, TraceEvent, Unsupported};
 
@@ -27,7 +26,7 @@ impl DirectDriver {
             faults: config.faults,
             server: config.server.clone(),
             client_bugs: config.client_bugs.clone(),
-            suite: CipherSuite::BluetickV1,
+            suite: config.suite,
             client_resend_after_ms: config.resend_after_ms,
             reconnect_after_ms: config.reconnect_after_ms,
             verify_saves: false,

@@ -19,6 +19,7 @@ use bluetick_core::wire::Visibility;
 pub use bluetick_core::world::faults::{Direction, FrameFault, TraceEvent};
 use bluetick_core::world::oracle::{History, Violation};
 use bluetick_core::world::Faults;
+use bluetick_crypto::CipherSuite;
 
 /// Everything a driver needs to build a run: the same for both drivers, so
 /// one scenario means the same thing on either.
@@ -38,6 +39,8 @@ pub struct DriverConfig {
     pub resend_after_ms: u64,
     /// A disconnected online user reconnects after this long.
     pub reconnect_after_ms: u64,
+    /// Cipher suite of every device.
+    pub suite: CipherSuite,
 }
 
 /// A driver was asked for something it cannot do (yet).

@@ -116,9 +116,15 @@ pub fn markdown(o: &RunOutcome) -> String {
     let failed = o.failed_guards().count();
     let _ = writeln!(
         s,
-        "{held} invariants held, {violated} violated; {failed} required guards failed. Driver `{}`, bluetick-sim {} (commit `{}`).\n",
-        o.driver, o.version, o.commit
+        "{held} invariants held, {violated} violated; {failed} required guards failed. Driver `{}`, suite `{}`, bluetick-sim {} (commit `{}`).\n",
+        o.driver, o.suite, o.version, o.commit
     );
+    if o.suite == bluetick_crypto::CipherSuite::SymbolicInsecure.name() {
+        let _ = writeln!(
+            s,
+            "**Symbolic crypto:** the public-key operations were no-security stand-ins (scale run); the protocol's behaviour is checked, its cryptography is not.\n"
+        );
+    }
     let _ = writeln!(s, "Reproduce:\n\n```sh\n{}\n```\n", o.reproduce);
     let _ = writeln!(s, "trace_hash `{}` ({} lines in trace.jsonl)\n", o.trace_hash, o.trace_lines);
 

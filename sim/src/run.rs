@@ -208,6 +208,8 @@ pub struct RunOutcome {
     pub cell: Option<usize>,
     /// Driver that ran it.
     pub driver: String,
+    /// Cipher suite of the devices (`symbolic-insecure` means no real crypto ran).
+    pub suite: String,
     /// The crate version.
     pub version: String,
     /// The git commit the binary was built from (`unknown` outside a checkout).
@@ -433,6 +435,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunOutcome, RunError> {
         client_bugs: client_bugs(s),
         resend_after_ms: s.clients.resend_after_ms,
         reconnect_after_ms: s.clients.reconnect_after_ms,
+        suite: s.suite,
     };
     let d = make_driver(kind, &config, !s.faults.compromises.is_empty())?;
     let base_ms = d.now_ms();
@@ -1005,6 +1008,7 @@ impl Runner<'_> {
             seed: opts.seed,
             cell: plan.cell,
             driver: kind.as_str().to_owned(),
+            suite: s.suite.name().to_owned(),
             version: VERSION.to_owned(),
             commit: COMMIT.to_owned(),
             passed,

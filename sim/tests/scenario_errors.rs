@@ -178,3 +178,12 @@ fn files_that_cannot_be_read_say_so() {
     let e = scenario::load(std::path::Path::new("/nonexistent/x.toml")).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/x.toml: cannot read: "), "{e}");
 }
+
+#[test]
+fn an_unknown_suite_lists_the_known_ones() {
+    let e = one(
+        "[scenario]\nname = \"t\"\nduration = \"30s\"\nsuite = \"rot13\"\n\n[users]\nnames = [\"alice\", \"bob\"]\n",
+    );
+    assert!(e.starts_with("t.toml:4:9: scenario.suite: "), "{e}");
+    assert!(e.contains("symbolic-insecure") && e.contains("bluetick-v1"), "{e}");
+}

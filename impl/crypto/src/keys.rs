@@ -78,6 +78,12 @@ impl KeyPair {
         KeyPair { secret: Box::new(secret.to_bytes()), public }
     }
 
+    /// A key pair whose public half was computed elsewhere (the symbolic
+    /// suite's stand-in for X25519).
+    pub(crate) fn from_parts(secret: [u8; 32], public: PublicKey) -> Self {
+        KeyPair { secret: Box::new(secret), public }
+    }
+
     /// The public half.
     pub fn public(&self) -> PublicKey {
         self.public
@@ -114,6 +120,11 @@ impl IdentityKeyPair {
     /// Draws a fresh identity from the injected RNG.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         IdentityKeyPair(KeyPair::generate(rng))
+    }
+
+    /// Wraps a key pair made by a suite (see [`crate::CipherSuite::generate_identity`]).
+    pub(crate) fn from_key_pair(key_pair: KeyPair) -> Self {
+        IdentityKeyPair(key_pair)
     }
 
     /// Rebuilds an identity from its secret bytes.

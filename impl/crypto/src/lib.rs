@@ -16,7 +16,10 @@
 //! - [`kdf`]: HKDF-SHA256 and HMAC-SHA256 helpers.
 //! - [`keys`]: X25519 key pairs, identity keys, redacted secrets.
 //! - [`xeddsa`]: XEdDSA signatures with identity keys, libsignal-compatible.
-//! - [`suite`]: the `bluetick-v1` and `signal-v3-compat` cipher suites.
+//! - [`suite`]: the `bluetick-v1` and `signal-v3-compat` cipher suites, and
+//!   `symbolic-insecure` for scale runs.
+//! - [`symbolic`]: the no-security stand-ins for X25519 and signatures that
+//!   `symbolic-insecure` uses.
 //! - [`prekeys`]: signed and one-time prekeys, bundles, bundle verification.
 //! - [`x3dh`]: the X3DH handshake, initiator and responder.
 //! - [`ratchet`]: Double Ratchet sessions with bounded skipped keys.
@@ -31,6 +34,7 @@ pub mod prekeys;
 pub mod ratchet;
 pub mod sender_key;
 pub mod suite;
+pub mod symbolic;
 pub mod vectors;
 pub mod x3dh;
 pub mod xeddsa;

@@ -37,7 +37,7 @@
 //!
 //! # Byte encodings
 //! All integers are big-endian. The first byte names the suite:
-//! [`VERSION_BLUETICK_V1`] or [`VERSION_SIGNAL_V3_COMPAT`].
+//! [`VERSION_BLUETICK_V1`], [`VERSION_SIGNAL_V3_COMPAT`] or [`VERSION_SYMBOLIC_INSECURE`].
 //! - [`SenderKeyDistribution`], 89 bytes:
 //!   `version (1) ‖ group_id (16) ‖ key_id (4) ‖ iteration (4) ‖ chain_key (32) ‖ signing_public (32)`.
 //! - [`GroupMessage`], 89 + n bytes:
@@ -53,9 +53,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::kdf::{hkdf_sha256, hmac_sha256, ZERO_SALT};
-use crate::keys::SecretKey;
+use crate::keys::{PublicKey, SecretKey};
 use crate::suite::{aes_cbc_decrypt, aes_cbc_encrypt, chacha_open, chacha_seal, AeadError};
-use crate::CipherSuite;
+use crate::{symbolic, CipherSuite};
 
 /// How many of one sender's key ids a receiver keeps. A sender rotates on every
 /// membership change, and messages sent under the previous key may still be in
@@ -86,6 +86,10 @@ pub const VERSION_BLUETICK_V1: u8 = 0x01;
 /// First byte of every `signal-v3-compat` sender-key encoding: libsignal's
 /// message version byte for version 3, `(3 << 4) | 3`.
 pub const VERSION_SIGNAL_V3_COMPAT: u8 = 0x33;
+
+/// First byte of every `symbolic-insecure` sender-key encoding (scale runs
+/// only; see [`CipherSuite::SymbolicInsecure`]).
+pub const VERSION_SYMBOLIC_INSECURE: u8 = 0xf0;
 
 /// Length of an encoded [`SenderKeyDistribution`].
 pub const DISTRIBUTION_LEN: usize = 1 + 16 + 4 + 4 + 32 + 32;
@@ -227,6 +231,7 @@ fn version_byte(suite: CipherSuite) -> u8 {
     match suite {
         CipherSuite::BluetickV1 => VERSION_BLUETICK_V1,
         CipherSuite::SignalV3Compat => VERSION_SIGNAL_V3_COMPAT,
+        CipherSuite::SymbolicInsecure => VERSION_SYMBOLIC_INSECURE,
     }
 }
 
@@ -234,6 +239,7 @@ fn suite_from_version(version: u8) -> Result<CipherSuite, SenderKeyError> {
     match version {
         VERSION_BLUETICK_V1 => Ok(CipherSuite::BluetickV1),
         VERSION_SIGNAL_V3_COMPAT => Ok(CipherSuite::SignalV3Compat),
+        VERSION_SYMBOLIC_INSECURE => Ok(CipherSuite::SymbolicInsecure),
         _ => Err(SenderKeyError::UnknownVersion { version }),
     }
 }
@@ -269,7 +275,7 @@ fn associated_data(group_id: &GroupId, key_id: u32, iteration: u32) -> [u8; 24] 
 
 fn seal(suite: CipherSuite, seed: &SecretKey, ad: &[u8; 24], plaintext: &[u8]) -> Vec<u8> {
     match suite {
-        CipherSuite::BluetickV1 => {
+        CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
             let okm = hkdf_sha256::<44>(&ZERO_SALT, seed.as_bytes(), BLUETICK_INFO);
             chacha_seal(&okm, &[ad], plaintext)
         }
@@ -287,13 +293,34 @@ fn open(
     ciphertext: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, AeadError> {
     match suite {
-        CipherSuite::BluetickV1 => {
+        CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
             let okm = hkdf_sha256::<44>(&ZERO_SALT, seed.as_bytes(), BLUETICK_INFO);
             chacha_open(&okm, &[ad], ciphertext)
         }
         CipherSuite::SignalV3Compat => {
             let okm = hkdf_sha256::<48>(&ZERO_SALT, seed.as_bytes(), COMPAT_INFO);
             aes_cbc_decrypt(&okm[16..], &okm[..16], ciphertext)
+        }
+    }
+}
+
+/// The message signature: Ed25519, or under the symbolic suite its stand-in
+/// keyed by the signing public key (the Ed25519 key pair is still made, so
+/// the encodings keep their layout).
+fn sign_message(suite: CipherSuite, signing: &SigningKey, signed: &[u8]) -> [u8; SIGNATURE_LEN] {
+    match suite {
+        CipherSuite::SymbolicInsecure => symbolic::sign(&PublicKey(signing.verifying_key().to_bytes()), signed).0,
+        CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => signing.sign(signed).to_bytes(),
+    }
+}
+
+fn signature_holds(suite: CipherSuite, public: &VerifyingKey, signed: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+    match suite {
+        CipherSuite::SymbolicInsecure => {
+            symbolic::verifies(&PublicKey(public.to_bytes()), signed, &crate::xeddsa::Signature(*signature))
+        }
+        CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => {
+            public.verify_strict(signed, &Signature::from_bytes(signature)).is_ok()
         }
     }
 }
@@ -516,7 +543,7 @@ impl OwnSenderKey {
             ciphertext: seal(self.suite, &seed, &ad, plaintext),
             signature: [0u8; SIGNATURE_LEN],
         };
-        message.signature = self.signing.sign(&message.signed_bytes()).to_bytes();
+        message.signature = sign_message(self.suite, &self.signing, &message.signed_bytes());
         self.chain = next;
         Ok(message)
     }
@@ -738,11 +765,9 @@ impl SenderKeyRecord {
         }
         let state =
             self.states.iter_mut().find(|s| s.key_id == key_id).ok_or(SenderKeyError::UnknownKeyId { key_id })?;
-        let signature = Signature::from_bytes(&message.signature);
-        state
-            .signing_public
-            .verify_strict(&message.signed_bytes(), &signature)
-            .map_err(|_| SenderKeyError::BadSignature { key_id, iteration })?;
+        if !signature_holds(self.suite, &state.signing_public, &message.signed_bytes(), &message.signature) {
+            return Err(SenderKeyError::BadSignature { key_id, iteration });
+        }
         let step = state.plan(iteration)?;
         let ad = associated_data(&self.group_id, key_id, iteration);
         let plaintext = open(self.suite, step.seed(), &ad, &message.ciphertext)
@@ -856,7 +881,7 @@ mod tests {
                 let plaintext = vec![0x5a; len];
                 let message = sender.encrypt(&plaintext).unwrap();
                 let expected_len = match suite {
-                    CipherSuite::BluetickV1 => len + 16,
+                    CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => len + 16,
                     CipherSuite::SignalV3Compat => (len / 16 + 1) * 16,
                 };
                 assert_eq!(message.ciphertext.len(), expected_len, "{suite:?} len {len}");
@@ -1008,14 +1033,14 @@ mod tests {
             let messages = encrypt_n(&mut sender, 2);
             let mut broken = messages[1].clone();
             match suite {
-                CipherSuite::BluetickV1 => broken.ciphertext[0] ^= 1,
+                CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => broken.ciphertext[0] ^= 1,
                 // CBC has no tag: a flipped bit may still unpad, so break the length instead.
                 CipherSuite::SignalV3Compat => broken.ciphertext.truncate(15),
             }
             sign_as(&sender, &mut broken);
             let before = state_of(&record);
             let source = match suite {
-                CipherSuite::BluetickV1 => AeadError::BadTag,
+                CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => AeadError::BadTag,
                 CipherSuite::SignalV3Compat => AeadError::BadPadding,
             };
             assert_eq!(
@@ -1206,7 +1231,7 @@ mod tests {
             ad.extend_from_slice(&message.key_id.to_be_bytes());
             ad.extend_from_slice(&1u32.to_be_bytes());
             let plaintext = match suite {
-                CipherSuite::BluetickV1 => {
+                CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
                     let mut okm = [0u8; 44];
                     Hkdf::<Sha256>::new(Some(&[0u8; 32]), &seed).expand(b"bluetick sender key v1", &mut okm).unwrap();
                     chacha20poly1305::ChaCha20Poly1305::new(okm[..32].into())

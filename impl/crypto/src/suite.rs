@@ -10,8 +10,12 @@ use chacha20poly1305::ChaCha20Poly1305;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use rand_core::{CryptoRng, RngCore};
+
 use crate::kdf::{hkdf_sha256, hmac_sha256, hmac_sha256_verify_truncated, ZERO_SALT};
-use crate::keys::PublicKey;
+use crate::keys::{DhOutput, IdentityKeyPair, KeyError, KeyPair, PublicKey};
+use crate::symbolic;
+use crate::xeddsa::{self, Signature, SignatureError};
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -31,6 +35,16 @@ pub enum CipherSuite {
     /// `WhisperRatchet`, `WhisperMessageKeys`, AES-256-CBC + 8-byte HMAC-SHA256
     /// tag, 33-byte `0x05`-prefixed public keys in signatures and AD.
     SignalV3Compat,
+    /// **No security — scale runs only.** `bluetick-v1`'s symmetric layer with
+    /// the public-key operations (X25519, XEdDSA, the sender keys' Ed25519)
+    /// replaced by the hash stand-ins of [`crate::symbolic`]: anyone can
+    /// compute a shared secret from the two public keys and forge any
+    /// signature. The state machines behave the same, at a small fraction of
+    /// the cost, so the simulator and model checker can reach sizes real keys
+    /// make too slow. A deployment never offers it: the server refuses
+    /// sessions of another suite than its own, and no CLI path but a scenario
+    /// or model setting selects it.
+    SymbolicInsecure,
 }
 
 /// The type byte libsignal puts in front of a Curve25519 public key.
@@ -61,13 +75,83 @@ impl CipherSuite {
         match self {
             CipherSuite::BluetickV1 => "bluetick-v1",
             CipherSuite::SignalV3Compat => "signal-v3-compat",
+            CipherSuite::SymbolicInsecure => "symbolic-insecure",
+        }
+    }
+
+    /// Every suite, in a stable order (scenario-file error messages list them).
+    pub const ALL: [CipherSuite; 3] =
+        [CipherSuite::BluetickV1, CipherSuite::SignalV3Compat, CipherSuite::SymbolicInsecure];
+
+    /// The suite called `name` (see [`CipherSuite::name`]).
+    pub fn from_name(name: &str) -> Option<CipherSuite> {
+        CipherSuite::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the public-key layer is the insecure symbolic stand-in.
+    pub fn is_symbolic(self) -> bool {
+        self == CipherSuite::SymbolicInsecure
+    }
+
+    /// Draws a fresh key pair of this suite's public-key layer. Takes exactly
+    /// 32 bytes from `rng` whatever the suite, so switching suites does not
+    /// shift the rest of a seeded run's randomness.
+    pub fn generate_key_pair<R: RngCore + CryptoRng>(self, rng: &mut R) -> KeyPair {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bytes.as_mut());
+        self.key_pair_from_secret(*bytes)
+    }
+
+    /// Rebuilds a key pair of this suite from its secret bytes.
+    pub fn key_pair_from_secret(self, bytes: [u8; 32]) -> KeyPair {
+        match self {
+            CipherSuite::SymbolicInsecure => KeyPair::from_parts(bytes, symbolic::public(&bytes)),
+            CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => KeyPair::from_secret_bytes(bytes),
+        }
+    }
+
+    /// Draws a fresh identity key of this suite.
+    pub fn generate_identity<R: RngCore + CryptoRng>(self, rng: &mut R) -> IdentityKeyPair {
+        IdentityKeyPair::from_key_pair(self.generate_key_pair(rng))
+    }
+
+    /// Diffie-Hellman of `ours` with `peer` in this suite's public-key layer.
+    pub fn dh(self, ours: &KeyPair, peer: &PublicKey) -> Result<DhOutput, KeyError> {
+        match self {
+            CipherSuite::SymbolicInsecure => Ok(symbolic::dh(&ours.public(), peer)),
+            CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => ours.dh(peer),
+        }
+    }
+
+    /// Signs `message` with `identity` (XEdDSA, or the symbolic stand-in).
+    /// Both take 64 bytes from `rng`.
+    pub fn sign<R: RngCore + CryptoRng>(self, identity: &IdentityKeyPair, message: &[u8], rng: &mut R) -> Signature {
+        match self {
+            CipherSuite::SymbolicInsecure => {
+                // XEdDSA draws 64 bytes of nonce padding; drawing them here too
+                // keeps a seeded run's randomness, and so its schedule and the
+                // model checker's state space, the same under both suites.
+                let mut padding = [0u8; 64];
+                rng.fill_bytes(&mut padding);
+                symbolic::sign(&identity.public(), message)
+            }
+            CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => identity.sign(message, rng),
+        }
+    }
+
+    /// Verifies an identity signature made by [`CipherSuite::sign`].
+    pub fn verify(self, public: &PublicKey, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        match self {
+            CipherSuite::SymbolicInsecure if symbolic::verifies(public, message, signature) => Ok(()),
+            CipherSuite::SymbolicInsecure => Err(SignatureError::Invalid(*public)),
+            CipherSuite::BluetickV1 | CipherSuite::SignalV3Compat => xeddsa::verify(public, message, signature),
         }
     }
 
     /// The bytes a public key contributes to signatures and associated data.
     pub fn encode_public(self, key: &PublicKey) -> Vec<u8> {
         match self {
-            CipherSuite::BluetickV1 => key.0.to_vec(),
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => key.0.to_vec(),
             CipherSuite::SignalV3Compat => {
                 let mut out = Vec::with_capacity(33);
                 out.push(DJB_KEY_TYPE);
@@ -80,7 +164,7 @@ impl CipherSuite {
     /// HKDF info label of the X3DH key derivation.
     pub fn x3dh_info(self) -> &'static [u8] {
         match self {
-            CipherSuite::BluetickV1 => b"bluetick X3DH v1",
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => b"bluetick X3DH v1",
             CipherSuite::SignalV3Compat => b"WhisperText",
         }
     }
@@ -88,7 +172,7 @@ impl CipherSuite {
     /// HKDF info label of the root-key ratchet (`KDF_RK`).
     pub fn ratchet_info(self) -> &'static [u8] {
         match self {
-            CipherSuite::BluetickV1 => b"bluetick ratchet v1",
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => b"bluetick ratchet v1",
             CipherSuite::SignalV3Compat => b"WhisperRatchet",
         }
     }
@@ -96,7 +180,7 @@ impl CipherSuite {
     /// HKDF info label that expands a message-key seed into cipher keys.
     pub fn message_info(self) -> &'static [u8] {
         match self {
-            CipherSuite::BluetickV1 => b"bluetick message v1",
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => b"bluetick message v1",
             CipherSuite::SignalV3Compat => b"WhisperMessageKeys",
         }
     }
@@ -111,7 +195,7 @@ impl CipherSuite {
     /// Bytes of overhead `seal` adds to a plaintext of `len` bytes.
     pub fn sealed_len(self, len: usize) -> usize {
         match self {
-            CipherSuite::BluetickV1 => len + 16,
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => len + 16,
             CipherSuite::SignalV3Compat => (len / 16 + 1) * 16 + COMPAT_MAC_LEN,
         }
     }
@@ -126,7 +210,7 @@ impl CipherSuite {
     ///   HMAC-SHA256(MAC key, ad ‖ header ‖ ciphertext) truncated to 8 bytes.
     pub fn seal(self, mk: &[u8; 32], ad: &[u8], header: &[u8], plaintext: &[u8]) -> Vec<u8> {
         match self {
-            CipherSuite::BluetickV1 => {
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
                 let okm = hkdf_sha256::<44>(&ZERO_SALT, mk, self.message_info());
                 chacha_seal(&okm, &[ad, header], plaintext)
             }
@@ -144,7 +228,7 @@ impl CipherSuite {
     /// Inverse of [`CipherSuite::seal`].
     pub fn open(self, mk: &[u8; 32], ad: &[u8], header: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, AeadError> {
         match self {
-            CipherSuite::BluetickV1 => {
+            CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
                 let okm = hkdf_sha256::<44>(&ZERO_SALT, mk, self.message_info());
                 chacha_open(&okm, &[ad, header], sealed)
             }

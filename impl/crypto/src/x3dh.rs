@@ -249,7 +249,7 @@ pub fn initiate<R: RngCore + CryptoRng>(
     bundle: &VerifiedBundle,
     rng: &mut R,
 ) -> Result<Initiated, X3dhError> {
-    initiate_with_ephemeral(suite, ours, bundle, KeyPair::generate(rng))
+    initiate_with_ephemeral(suite, ours, bundle, suite.generate_key_pair(rng))
 }
 
 /// [`initiate`] with a caller-chosen ephemeral key, for known-answer tests.
@@ -268,11 +268,11 @@ pub fn initiate_with_ephemeral(
     let otk = bundle.one_time_prekey();
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 5));
     ikm.extend_from_slice(&DISCONTINUITY_BYTES);
-    ikm.extend_from_slice(dh(1, ours.key_pair(), &spk)?.as_ref());
-    ikm.extend_from_slice(dh(2, &ephemeral, &bundle.identity_key())?.as_ref());
-    ikm.extend_from_slice(dh(3, &ephemeral, &spk)?.as_ref());
+    ikm.extend_from_slice(dh(suite, 1, ours.key_pair(), &spk)?.as_ref());
+    ikm.extend_from_slice(dh(suite, 2, &ephemeral, &bundle.identity_key())?.as_ref());
+    ikm.extend_from_slice(dh(suite, 3, &ephemeral, &spk)?.as_ref());
     if let Some(otk) = otk {
-        ikm.extend_from_slice(dh(4, &ephemeral, &otk.key)?.as_ref());
+        ikm.extend_from_slice(dh(suite, 4, &ephemeral, &otk.key)?.as_ref());
     }
     let (shared_secret, initial_chain_key) = derive(suite, &ikm);
     Ok(Initiated {
@@ -304,11 +304,11 @@ pub fn respond(suite: CipherSuite, store: &PreKeyStore, header: &InitialHeader) 
     let identity = store.identity();
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * 5));
     ikm.extend_from_slice(&DISCONTINUITY_BYTES);
-    ikm.extend_from_slice(dh(1, spk.key_pair(), &header.identity_key)?.as_ref());
-    ikm.extend_from_slice(dh(2, identity.key_pair(), &header.ephemeral_key)?.as_ref());
-    ikm.extend_from_slice(dh(3, spk.key_pair(), &header.ephemeral_key)?.as_ref());
+    ikm.extend_from_slice(dh(suite, 1, spk.key_pair(), &header.identity_key)?.as_ref());
+    ikm.extend_from_slice(dh(suite, 2, identity.key_pair(), &header.ephemeral_key)?.as_ref());
+    ikm.extend_from_slice(dh(suite, 3, spk.key_pair(), &header.ephemeral_key)?.as_ref());
     if let Some(otk) = otk {
-        ikm.extend_from_slice(dh(4, otk.key_pair(), &header.ephemeral_key)?.as_ref());
+        ikm.extend_from_slice(dh(suite, 4, otk.key_pair(), &header.ephemeral_key)?.as_ref());
     }
     let (shared_secret, initial_chain_key) = derive(suite, &ikm);
     Ok(Responded {
@@ -334,7 +334,7 @@ pub fn signal_v3_root_and_chain(ikm: &[u8]) -> (SecretKey, SecretKey) {
 
 fn derive(suite: CipherSuite, ikm: &[u8]) -> (SecretKey, Option<SecretKey>) {
     match suite {
-        CipherSuite::BluetickV1 => {
+        CipherSuite::BluetickV1 | CipherSuite::SymbolicInsecure => {
             let sk = hkdf_sha256::<32>(&ZERO_SALT, ikm, suite.x3dh_info());
             (SecretKey::new(*sk), None)
         }
@@ -351,8 +351,8 @@ fn associated_data(suite: CipherSuite, initiator: &PublicKey, responder: &Public
     ad
 }
 
-fn dh(index: u8, ours: &KeyPair, peer: &PublicKey) -> Result<crate::keys::DhOutput, X3dhError> {
-    ours.dh(peer).map_err(|e| match e {
+fn dh(suite: CipherSuite, index: u8, ours: &KeyPair, peer: &PublicKey) -> Result<crate::keys::DhOutput, X3dhError> {
+    suite.dh(ours, peer).map_err(|e| match e {
         KeyError::NonContributory { peer } => X3dhError::NonContributoryDh { index, peer },
     })
 }

@@ -7,6 +7,7 @@
 //! `"*"` (everyone), a prefix glob (`"user*"`), or an index range of generated
 //! users (`"user[1..100]"`, both ends included).
 
+use bluetick_crypto::CipherSuite;
 use serde::{Deserialize, Serialize};
 
 use super::units::{DurationMs, SignedDurationMs, Spread};
@@ -83,6 +84,10 @@ pub struct ScenarioSection {
     pub seeds: Option<Vec<u64>>,
     /// Default driver (default `direct`).
     pub driver: Option<DriverKind>,
+    /// Cipher suite of every device (default `bluetick-v1`);
+    /// `symbolic-insecure` swaps the public-key operations for no-security
+    /// stand-ins to reach sizes real keys make too slow.
+    pub suite: Option<CipherSuite>,
     /// Swarm mode: knobs left unset are drawn from the seed.
     pub swarm: Option<bool>,
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bluetick_core::ids::UserId;
+use bluetick_crypto::CipherSuite;
 use serde::Serialize;
 
 pub use super::model::{DriverKind, SendKind, VisibilityName};
@@ -27,6 +28,8 @@ pub struct Scenario {
     pub seeds: Vec<u64>,
     /// Default driver.
     pub driver: DriverKind,
+    /// Cipher suite of every device (`symbolic-insecure` for scale runs).
+    pub suite: CipherSuite,
     /// Swarm mode: unset knobs are drawn from the seed.
     pub swarm: bool,
     /// Every user, in declared order (explicit names first).

@@ -183,6 +183,7 @@ impl Checker<'_> {
             seed,
             seeds,
             driver: meta.driver.unwrap_or_default(),
+            suite: meta.suite.unwrap_or_default(),
             swarm: meta.swarm.unwrap_or(false),
             users,
             contacts,

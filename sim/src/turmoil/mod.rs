@@ -87,8 +87,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 
-use bluetick_crypto::CipherSuite;
-
 use crate::driver::{Direction, Driver, DriverConfig, FrameFault, TraceEvent, Unsupported};
 use farm::{Device, DeviceTiming, FarmCommand, SaveSlot};
 use faults::{DeviceTap, FaultPlan};
@@ -198,7 +196,7 @@ impl TurmoilConfig {
             faults: config.faults,
             server: config.server.clone(),
             client_bugs: config.client_bugs.clone(),
-            suite: CipherSuite::BluetickV1,
+            suite: config.suite,
             client_resend_after_ms: config.resend_after_ms,
             reconnect_after_ms: config.reconnect_after_ms,
             verify_saves: false,
@@ -939,7 +937,7 @@ fn add_server(
     store: &Arc<Mutex<MemoryStore>>,
     log: &SharedLog,
 ) {
-    let core: ServerConfig = config.world.server.clone();
+    let core: ServerConfig = config.world.server_config();
     let heartbeat = Duration::from_millis(config.heartbeat_ms.max(1));
     let idle = Duration::from_millis(config.idle_timeout_ms.max(1));
     let check_plaintext = config.check_plaintext;

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bluetick_crypto::sender_key::{OwnSenderKey, SenderKeyRecord};
-use bluetick_crypto::xeddsa;
+use bluetick_crypto::CipherSuite;
 use bluetick_crypto::PublicKey;
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +159,13 @@ fn members_after(current: &BTreeSet<UserId>, change: &SignedGroupChange) -> Resu
 
 impl Groups {
     /// Decides what to do with a change, given the admin's identity key if known.
-    pub fn check(&self, change: &SignedGroupChange, me: &UserId, admin_key: Option<PublicKey>) -> Verdict {
+    pub fn check(
+        &self,
+        suite: CipherSuite,
+        change: &SignedGroupChange,
+        me: &UserId,
+        admin_key: Option<PublicKey>,
+    ) -> Verdict {
         // Bound the work one frame can cause before looking at anything else.
         if change.add.len() > GROUP_MEMBERS_MAX || change.remove.len() > GROUP_MEMBERS_MAX {
             return Verdict::Reject(GroupChangeRejection::TooManyMembers {
@@ -205,7 +211,7 @@ impl Groups {
         let Some(key) = admin_key else {
             return Verdict::NeedAdminKey;
         };
-        if xeddsa::verify(&key, &change.signed_bytes(), &change.signature).is_err() {
+        if suite.verify(&key, &change.signed_bytes(), &change.signature).is_err() {
             return Verdict::Reject(GroupChangeRejection::BadSignature);
         }
         Verdict::Apply
@@ -357,18 +363,18 @@ mod tests {
         let key = Some(id.public());
         let mut g = Groups::default();
         let v1 = signed(&id, 1, &["bob", "carol"], &[]);
-        assert_eq!(g.check(&v1, &u("bob"), None), Verdict::NeedAdminKey);
-        assert_eq!(g.check(&v1, &u("bob"), key), Verdict::Apply);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), None), Verdict::NeedAdminKey);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), key), Verdict::Apply);
         g.apply(&v1, &u("bob"));
         assert_eq!(g.groups[&GroupId([7; 16])].members.len(), 3, "admin is a member");
-        assert_eq!(g.check(&v1, &u("bob"), key), Verdict::Stale);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), key), Verdict::Stale);
         let v3 = signed(&id, 3, &["dave"], &[]);
         assert_eq!(
-            g.check(&v3, &u("bob"), key),
+            g.check(CipherSuite::BluetickV1, &v3, &u("bob"), key),
             Verdict::Reject(GroupChangeRejection::VersionGap { current: 1, got: 3 })
         );
         let v2 = signed(&id, 2, &[], &["carol"]);
-        assert_eq!(g.check(&v2, &u("bob"), key), Verdict::Apply);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v2, &u("bob"), key), Verdict::Apply);
         let applied = g.apply(&v2, &u("bob"));
         assert_eq!(applied.removed, vec![u("carol")]);
         assert!(!applied.we_left);
@@ -379,24 +385,33 @@ mod tests {
         let id = admin();
         let mut g = Groups::default();
         let mut v1 = signed(&id, 1, &["bob"], &[]);
-        assert_eq!(g.check(&v1, &u("bob"), Some(id.public())), Verdict::Apply);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), Some(id.public())), Verdict::Apply);
         // The server adds mallory to the signed change: the signature no longer covers it.
         v1.add.push(u("mallory"));
-        assert_eq!(g.check(&v1, &u("bob"), Some(id.public())), Verdict::Reject(GroupChangeRejection::BadSignature));
+        assert_eq!(
+            g.check(CipherSuite::BluetickV1, &v1, &u("bob"), Some(id.public())),
+            Verdict::Reject(GroupChangeRejection::BadSignature)
+        );
         // A change for a group that does not involve us.
         let other = signed(&id, 1, &["carol"], &[]);
-        assert_eq!(g.check(&other, &u("bob"), Some(id.public())), Verdict::Reject(GroupChangeRejection::NotForUs));
+        assert_eq!(
+            g.check(CipherSuite::BluetickV1, &other, &u("bob"), Some(id.public())),
+            Verdict::Reject(GroupChangeRejection::NotForUs)
+        );
         // Someone else than the admin signs version 2.
         g.apply(&signed(&id, 1, &["bob"], &[]), &u("bob"));
         let mut v2 = signed(&id, 2, &["carol"], &[]);
         v2.admin = u("bob");
         assert!(matches!(
-            g.check(&v2, &u("bob"), Some(id.public())),
+            g.check(CipherSuite::BluetickV1, &v2, &u("bob"), Some(id.public())),
             Verdict::Reject(GroupChangeRejection::NotAdmin { .. })
         ));
         // The admin cannot remove itself.
         let bad = signed(&id, 2, &[], &["alice"]);
-        assert_eq!(g.check(&bad, &u("bob"), Some(id.public())), Verdict::Reject(GroupChangeRejection::Inconsistent));
+        assert_eq!(
+            g.check(CipherSuite::BluetickV1, &bad, &u("bob"), Some(id.public())),
+            Verdict::Reject(GroupChangeRejection::Inconsistent)
+        );
     }
 
     #[test]
@@ -404,7 +419,7 @@ mod tests {
         let id = admin();
         let mut g = Groups::default();
         let v5 = signed(&id, 5, &["bob"], &[]);
-        assert_eq!(g.check(&v5, &u("bob"), Some(id.public())), Verdict::Apply);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v5, &u("bob"), Some(id.public())), Verdict::Apply);
         g.apply(&v5, &u("bob"));
         let state = &g.groups[&GroupId([7; 16])];
         assert!(state.partial);

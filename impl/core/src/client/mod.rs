@@ -39,7 +39,7 @@ use bluetick_crypto::sender_key::{
     GroupId as SenderKeyGroupId, GroupMessage, OwnSenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyRecord,
 };
 use bluetick_crypto::xeddsa::Signature;
-use bluetick_crypto::{CipherSuite, IdentityKeyPair, PublicKey};
+use bluetick_crypto::{CipherSuite, PublicKey};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -663,7 +663,7 @@ impl Client {
     }
 
     fn with_rng(config: ClientConfig, mut rng: ChaCha20Rng, now_ms: u64) -> Client {
-        let identity = IdentityKeyPair::generate(&mut rng);
+        let identity = config.suite.generate_identity(&mut rng);
         let mut prekeys = PreKeyStore::new(config.suite, identity, &mut rng, now_ms);
         let fresh = prekeys.generate_one_time(config.prekey_batch, &mut rng);
         let mut sessions = Sessions::default();
@@ -1001,7 +1001,11 @@ impl Client {
         let device = self.config.device;
         let registering = !self.state.registered;
         self.touch();
-        let proof = self.state.prekeys.identity().sign(&auth_message(&nonce, &user, device), &mut self.state.rng);
+        let proof = self.config.suite.sign(
+            self.state.prekeys.identity(),
+            &auth_message(&nonce, &user, device),
+            &mut self.state.rng,
+        );
         let frame = if registering {
             // Registering again with the same key (the first Welcome was lost)
             // is accepted by the server like a login.
@@ -1649,7 +1653,8 @@ impl Client {
     ) -> SignedGroupChange {
         let admin = self.config.user.clone();
         let mut change = SignedGroupChange { group, version, admin, add, remove, signature: Signature([0; 64]) };
-        change.signature = self.state.prekeys.identity().sign(&change.signed_bytes(), &mut self.state.rng);
+        change.signature =
+            self.config.suite.sign(self.state.prekeys.identity(), &change.signed_bytes(), &mut self.state.rng);
         change
     }
 
@@ -1663,7 +1668,7 @@ impl Client {
     /// Applies, holds or rejects one change; true if it was applied.
     fn consider_change(&mut self, change: SignedGroupChange) -> bool {
         let admin_key = self.state.sessions.identity(&change.admin);
-        match self.state.groups.check(&change, &self.config.user, admin_key) {
+        match self.state.groups.check(self.config.suite, &change, &self.config.user, admin_key) {
             Verdict::Apply => {
                 self.apply_change(&change);
                 return true;

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bluetick_crypto::prekeys::is_low_order;
-use bluetick_crypto::{xeddsa, CipherSuite, PublicKey};
+use bluetick_crypto::{CipherSuite, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceAddress, DeviceId, UserId};
@@ -394,7 +394,8 @@ impl KeyDirectory {
         let device = self.devices.get(addr).ok_or_else(|| KeyDirError::UnknownDevice { device: addr.clone() })?;
         // Both refusals (bad signature, identity key with no Edwards form) mean
         // the same to the uploader: this signed prekey is not vouched for.
-        xeddsa::verify(&device.identity_key, &suite.encode_public(&signed.key), &signed.signature)
+        suite
+            .verify(&device.identity_key, &suite.encode_public(&signed.key), &signed.signature)
             .map_err(|_| KeyDirError::BadSignature { device: addr.clone(), prekey_id: signed.id })?;
         let mut new: BTreeMap<u32, PublicKey> = BTreeMap::new();
         for opk in one_time {

@@ -801,7 +801,9 @@ impl Server {
     ) -> Result<(), Refusal> {
         check_version(version)?;
         let addr = DeviceAddress::new(user, device);
-        xeddsa::verify(&identity_key, &auth_message(nonce, &addr.user, addr.device), proof)
+        self.config
+            .suite
+            .verify(&identity_key, &auth_message(nonce, &addr.user, addr.device), proof)
             .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("registration proof: {e}")))?;
         // One identity key per account (this device id or any other): another
         // device id does not let a stranger join someone else's account
@@ -849,7 +851,9 @@ impl Server {
             .keys
             .identity(&addr)
             .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, format!("unknown device {addr:?}")))?;
-        xeddsa::verify(&identity, &auth_message(nonce, &addr.user, addr.device), proof)
+        self.config
+            .suite
+            .verify(&identity, &auth_message(nonce, &addr.user, addr.device), proof)
             .map_err(|e| Refusal::new(ErrorCode::AuthFailed, format!("login proof: {e}")))?;
         self.login(conn, addr, now_ms);
         Ok(())
@@ -1189,7 +1193,9 @@ impl Server {
                 .keys
                 .identity(me)
                 .ok_or_else(|| Refusal::new(ErrorCode::AuthFailed, "admin has no identity key"))?;
-            xeddsa::verify(&identity, &change.signed_bytes(), &change.signature)
+            self.config
+                .suite
+                .verify(&identity, &change.signed_bytes(), &change.signature)
                 .map_err(|e| Refusal::new(ErrorCode::BadSignature, format!("group change: {e}")))?;
         }
         for u in &change.add {

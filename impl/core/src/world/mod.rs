@@ -83,7 +83,8 @@ pub struct WorldConfig {
     pub users: Vec<UserId>,
     /// Network faults.
     pub faults: Faults,
-    /// Server tunables and deliberate bugs.
+    /// Server tunables and deliberate bugs. Its `suite` is overridden by
+    /// [`WorldConfig::suite`] (see [`WorldConfig::server_config`]).
     pub server: ServerConfig,
     /// Deliberate client bugs (applied to every client).
     pub client_bugs: ClientBugs,
@@ -113,6 +114,13 @@ pub struct WorldConfig {
 }
 
 impl WorldConfig {
+    /// The server's configuration, with the devices' suite: the server checks
+    /// login proofs, prekey signatures and group changes under it, so a world
+    /// with two different suites could not log anyone in.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig { suite: self.suite, ..self.server.clone() }
+    }
+
     /// Defaults for `users` with `seed`: no faults, no bugs.
     pub fn new(seed: u64, users: &[&str]) -> Result<Self, crate::ids::UserIdError> {
         Ok(WorldConfig {
@@ -226,7 +234,7 @@ impl World {
     /// Builds the world; every user starts online and registers.
     pub fn new(config: WorldConfig) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
-        let server = Server::new(config.server.clone(), rng.next_u64());
+        let server = Server::new(config.server_config(), rng.next_u64());
         let mut devices = BTreeMap::new();
         for user in &config.users {
             let cc = ClientConfig {
@@ -650,7 +658,7 @@ impl World {
         self.queue.retain(|_, e| matches!(e, Event::Connect { .. } | Event::PartitionTimeout { .. }));
         self.server_incarnation += 1;
         let seed = self.rng.next_u64();
-        match Server::recover(self.config.server.clone(), seed, &mut self.store) {
+        match Server::recover(self.config.server_config(), seed, &mut self.store) {
             Ok(s) => self.server = s,
             Err(e) => self.violations.push(Violation {
                 invariant: "server-recovers",
