@@ -1063,3 +1063,45 @@ fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives()
         .collect();
     assert_eq!(got, vec![&body], "bob gets the attachment exactly once");
 }
+
+/// The body limit leaves room for what the first message adds around it
+/// (X3DH header, ratchet header, tag): the largest body allowed gets through
+/// the server's ciphertext limit and is shown, one byte more is refused.
+#[test]
+fn the_largest_body_allowed_fits_the_ciphertext_limit_and_is_delivered() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let body = vec![7u8; BODY_LEN_MAX];
+    net.call("alice", |c, now| c.send_text(&u("bob"), &body, now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![body]);
+    let over = vec![7u8; BODY_LEN_MAX + 1];
+    assert!(matches!(
+        net.call("alice", |c, now| c.send_text(&u("bob"), &over, now)),
+        Err(ClientError::BodyTooLarge { .. })
+    ));
+}
+
+/// A bundle that answers another request (stale, or pushed by the server
+/// unasked) starts no session: otherwise a server could replace a
+/// conversation's keys whenever it liked.
+#[test]
+fn a_bundle_answering_another_request_starts_no_session() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now)).unwrap();
+    let mut held = None;
+    net.pump_with(|name, frame| match frame {
+        ServerFrame::Bundle { .. } if name.as_str() == "alice" && held.is_none() => {
+            held = Some(frame.clone());
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    let Some(ServerFrame::Bundle { request, bundle }) = held else { panic!("alice fetched no bundle") };
+    let stale = ServerFrame::Bundle { request: request.wrapping_add(1), bundle: bundle.clone() };
+    net.call("alice", |c, now| c.handle_frame(stale, now));
+    net.pump();
+    assert!(net.bodies("bob").is_empty(), "a reply to another request started a session");
+    net.call("alice", |c, now| c.handle_frame(ServerFrame::Bundle { request, bundle }, now));
+    net.pump();
+    assert_eq!(net.bodies("bob"), vec![b"hi".to_vec()]);
+}
