@@ -1105,3 +1105,30 @@ fn a_bundle_answering_another_request_starts_no_session() {
     net.pump();
     assert_eq!(net.bodies("bob"), vec![b"hi".to_vec()]);
 }
+
+/// Versions start at 1: a "version 0" of a group we do not know is refused
+/// at once (it can never be applied), not held waiting for a gap to close.
+#[test]
+fn a_version_zero_group_change_is_refused_not_held() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    let mut zero = net
+        .sent
+        .iter()
+        .find_map(|(_, f)| match f {
+            ClientFrame::GroupChange { change } => Some(change.clone()),
+            _ => None,
+        })
+        .unwrap();
+    zero.group = GroupId([0x42; 16]);
+    zero.version = 0;
+    net.call("bob", |c, now| {
+        c.handle_frame(ServerFrame::Deliver { seq: 5_000, item: Delivery::GroupChange(zero) }, now)
+    });
+    assert!(net.nodes[&u("bob")].events.iter().any(|e| matches!(
+        e,
+        AppEvent::GroupChangeRejected { reason: GroupChangeRejection::VersionGap { current: 0, got: 0 }, .. }
+    )));
+    assert!(net.client("bob").group(&GroupId([0x42; 16])).is_none());
+}
