@@ -77,7 +77,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bluetick_core::client::{Client, ClientConfig, SavedClient};
 use bluetick_core::ids::{DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 use bluetick_core::server::presence::PRESENCE_PUSH_INTERVAL_MS;
-use bluetick_core::server::ServerConfig;
+use bluetick_core::server::{routing_row, RoutingRow, ServerConfig};
 use bluetick_core::store::{MemoryStore, Store, Table};
 use bluetick_core::wire::{Envelope, LastSeen, Visibility};
 use bluetick_core::world::oracle::{names as invariant, History, SentMessage, Violation};
@@ -259,6 +259,9 @@ pub struct TurmoilDriver {
     violations: Vec<Violation>,
     /// Group messages sent so far, with their group (reads are per conversation).
     group_of: BTreeMap<MessageId, GroupId>,
+    /// Users each group message was queued for, as the server's writes say,
+    /// until its acceptance is written (see [`TurmoilDriver::narrow_group_recipients`]).
+    queued_for: BTreeMap<MessageId, BTreeSet<UserId>>,
     /// turmoil partitions in force: (farm, direction cut).
     net_cuts: Vec<(usize, Option<Direction>)>,
     ticks: u64,
@@ -430,6 +433,7 @@ impl TurmoilDriver {
             trace: Vec::new(),
             violations: Vec::new(),
             group_of: BTreeMap::new(),
+            queued_for: BTreeMap::new(),
             net_cuts: Vec::new(),
             ticks: 0,
             slots,
@@ -508,6 +512,27 @@ impl TurmoilDriver {
 
     fn trace_at(&mut self, at_ms: u64, event: &str, detail: String) {
         self.trace.push(TraceEvent { at_ms, event: event.to_string(), detail });
+    }
+
+    /// Fixes a group message's intended recipients when the server accepts
+    /// it: the sender's view at send time, less anyone the server did not
+    /// queue it for (a member removed before it arrived), as the direct
+    /// driver does from the server's memory (`World::fix_group_recipients`).
+    /// Without this, a member removed between send and acceptance counted as
+    /// a missed delivery.
+    fn narrow_group_recipients(&mut self, row: RoutingRow) {
+        match row {
+            RoutingRow::Queued { to, message, group: Some(_), .. } => {
+                self.queued_for.entry(message).or_default().insert(to.user);
+            }
+            RoutingRow::Accepted { message, .. } if self.group_of.contains_key(&message) => {
+                let queued = self.queued_for.remove(&message).unwrap_or_default();
+                if let Some(sent) = self.history.sent.get_mut(&message) {
+                    sent.to.retain(|u| queued.contains(u));
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Feeds one record to the history, as `World::after_client` does.
@@ -652,14 +677,20 @@ impl TurmoilDriver {
                 self.trace_at(at_ms, "prekey", format!("owner={owner:?} id={id}"));
                 v
             }
-            Record::Written { at_ms, table, value } => match h.find_plaintext(&value) {
-                Some(id) => vec![Violation {
-                    invariant: invariant::NO_PLAINTEXT,
-                    at_ms,
-                    detail: format!("the plaintext of {id:?} was written to the server's {table} table"),
-                }],
-                None => Vec::new(),
-            },
+            Record::Written { at_ms, table, key, value } => {
+                let found = match h.find_plaintext(&value) {
+                    Some(id) => vec![Violation {
+                        invariant: invariant::NO_PLAINTEXT,
+                        at_ms,
+                        detail: format!("the plaintext of {id:?} was written to the server's {table} table"),
+                    }],
+                    None => Vec::new(),
+                };
+                if let Some(row) = routing_row(table, &key, &value) {
+                    self.narrow_group_recipients(row);
+                }
+                found
+            }
             Record::Fault { at_ms, user, direction, kind, action, about } => {
                 // A presence frame hit by a fault: its app may lag the truth
                 // until the next subscribe reply.

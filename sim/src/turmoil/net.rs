@@ -101,12 +101,12 @@ impl SharedStore {
 
 impl Store for SharedStore {
     fn apply(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
-        let written: Vec<(Table, Vec<u8>)> = match &self.log {
+        let written: Vec<(Table, Vec<u8>, Vec<u8>)> = match &self.log {
             Some(_) => batch
                 .ops()
                 .iter()
                 .filter_map(|op| match op {
-                    BatchOp::Put { table, value, .. } => Some((*table, value.clone())),
+                    BatchOp::Put { table, key, value } => Some((*table, key.clone(), value.clone())),
                     BatchOp::Delete { .. } => None,
                 })
                 .collect(),
@@ -116,8 +116,8 @@ impl Store for SharedStore {
         if let Some(log) = &self.log {
             let at_ms = sim_now_ms();
             let mut log = lock(log);
-            for (table, value) in written {
-                log.push(Record::Written { at_ms, table, value });
+            for (table, key, value) in written {
+                log.push(Record::Written { at_ms, table, key, value });
             }
         }
         Ok(())

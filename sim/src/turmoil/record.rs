@@ -100,7 +100,7 @@ pub(crate) enum Record {
     /// The server handed out a one-time prekey.
     Prekey { at_ms: u64, owner: DeviceAddress, id: u32 },
     /// A value the server wrote to its store.
-    Written { at_ms: u64, table: Table, value: Vec<u8> },
+    Written { at_ms: u64, table: Table, key: Vec<u8>, value: Vec<u8> },
     /// A fault tap acted on a frame; `about` names the user a presence frame is about.
     Fault {
         at_ms: u64,

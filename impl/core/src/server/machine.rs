@@ -356,6 +356,55 @@ fn accepted_key(from: &DeviceAddress, id: &MessageId) -> Vec<u8> {
     k
 }
 
+/// What one row the server writes says about routing, for observers of its
+/// store: the simulator's turmoil driver cannot read the server's memory, so
+/// it follows each group message's fan-out (who it was queued for) here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutingRow {
+    /// Message `message` of `from` was queued for device `to`.
+    Queued {
+        /// The recipient device.
+        to: DeviceAddress,
+        /// The sender.
+        from: DeviceAddress,
+        /// The message.
+        message: MessageId,
+        /// Its group, for a group message.
+        group: Option<GroupId>,
+    },
+    /// The server accepted (and will ack) `message` of `from`; the rows that
+    /// queue it are written in the same batch, before this one.
+    Accepted {
+        /// The sender.
+        from: DeviceAddress,
+        /// The message.
+        message: MessageId,
+    },
+}
+
+/// Reads a row `(table, key, value)` as the server writes it; `None` for
+/// rows that are not about routing an envelope, or that do not decode.
+pub fn routing_row(table: Table, key: &[u8], value: &[u8]) -> Option<RoutingRow> {
+    match table {
+        Table::Mailbox => {
+            let (to, _seq): (DeviceAddress, u64) = dec(table, key).ok()?;
+            let entry: Entry<Queued> = dec(table, value).ok()?;
+            match entry.payload {
+                Queued::Envelope { group, .. } => {
+                    let (from, message) = entry.key;
+                    Some(RoutingRow::Queued { to, from, message, group })
+                }
+                Queued::Notice(_) => None,
+            }
+        }
+        Table::Meta if key.first() == Some(&META_ACCEPTED_PREFIX) => {
+            let (from, message): (DeviceAddress, MessageId) = dec(table, &key[1..]).ok()?;
+            Some(RoutingRow::Accepted { from, message })
+        }
+        _ => None,
+    }
+}
+
 fn next_seq_key(addr: &DeviceAddress) -> Vec<u8> {
     let mut k = vec![META_NEXT_SEQ_PREFIX];
     k.extend(enc(addr));

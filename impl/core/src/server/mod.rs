@@ -7,4 +7,4 @@ pub mod machine;
 pub mod mailbox;
 pub mod presence;
 
-pub use machine::{ConnId, Server, ServerBugs, ServerConfig, ServerOutput, ServerStats};
+pub use machine::{routing_row, ConnId, RoutingRow, Server, ServerBugs, ServerConfig, ServerOutput, ServerStats};
