@@ -49,6 +49,30 @@ fn drop_rule(kind: &str, direction: Direction, user: &UserId) -> FrameFault {
 
 // ----- targeted faults, partitions, clocks, trace -----
 
+/// What the reports count moves with what happened: steps, server crashes,
+/// and a 1:1 "mark read" that reads the 1:1 conversation, never the group
+/// messages of the same peer.
+#[test]
+fn steps_server_crashes_and_one_to_one_reads_are_counted_as_they_happen() {
+    let (mut w, u) = world(12, |_| {});
+    let steps = w.steps();
+    assert!(steps > 0);
+    let g = w.create_group(&u[0], &[u[1].clone()]).unwrap();
+    w.run_for(5_000);
+    let direct = w.send_text(&u[0], &u[1], &plaintext(12, 0)).unwrap();
+    let grouped = w.send_group(&u[0], g, &plaintext(12, 1)).unwrap();
+    w.run_for(5_000);
+    assert!(w.steps() > steps);
+    w.mark_read(&u[1], &u[0]);
+    let read = &w.history().read;
+    assert!(read.contains(&(u[1].clone(), direct)));
+    assert!(!read.contains(&(u[1].clone(), grouped)), "a 1:1 read marked a group message read");
+    w.crash_server();
+    w.crash_server();
+    assert_eq!(w.history().counts.server_crashes, 2);
+    finish_clean(&mut w);
+}
+
 #[test]
 fn a_targeted_fault_fires_is_counted_and_traced_and_delivery_survives_it() {
     let (mut w, u) = world(11, |_| {});
@@ -68,6 +92,7 @@ fn a_targeted_fault_fires_is_counted_and_traced_and_delivery_survives_it() {
     assert!(acks.fired() && acks.dropped == acks.matched && acks.dropped > 0, "{acks:?}");
     assert!(counts.redeliveries > 0, "dropped acks make the server hand the same items out again");
     assert!(counts.frame_faults[dup].duplicated > 0 && counts.frame_faults[dup].delayed > 0);
+    assert!(counts.frames_duplicated >= counts.frame_faults[dup].duplicated, "{counts:?}");
     assert!(w.trace().iter().any(|t| t.detail.contains("kind=delivery-ack") && t.detail.contains("fate=dropped")));
     w.clear_frame_faults();
     finish_clean(&mut w);
