@@ -357,6 +357,32 @@ mod tests {
         IdentityKeyPair::generate(&mut ChaCha20Rng::seed_from_u64(99))
     }
 
+    /// The member limit counts who the change really adds: filling a group
+    /// to exactly 1,024 applies, one newcomer past it is refused, and naming
+    /// people who are already members adds nobody.
+    #[test]
+    fn the_member_limit_counts_only_real_newcomers() {
+        let id = admin();
+        let key = Some(id.public());
+        let mut g = Groups::default();
+        let names: Vec<String> = (1..GROUP_MEMBERS_MAX).map(|i| format!("m{i:04}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let full = signed(&id, 1, &refs, &[]);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &full, &u("m0001"), key), Verdict::Apply);
+        g.apply(&full, &u("m0001"));
+        assert_eq!(g.groups[&GroupId([7; 16])].members.len(), GROUP_MEMBERS_MAX);
+        let one_more = signed(&id, 2, &["newcomer"], &[]);
+        assert_eq!(
+            g.check(CipherSuite::BluetickV1, &one_more, &u("m0001"), key),
+            Verdict::Reject(GroupChangeRejection::TooManyMembers {
+                members: GROUP_MEMBERS_MAX + 1,
+                max: GROUP_MEMBERS_MAX
+            })
+        );
+        let again = signed(&id, 2, &["m0002", "m0003"], &[]);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &again, &u("m0001"), key), Verdict::Apply);
+    }
+
     #[test]
     fn creation_then_next_versions_apply_and_gaps_or_replays_do_not() {
         let id = admin();
