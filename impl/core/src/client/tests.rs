@@ -1040,6 +1040,7 @@ fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives()
         ServerFrame::MediaStored { .. } if *name == u("alice") => Fate::Drop,
         _ => Fate::Deliver,
     });
+    assert_eq!(net.client("alice").media_pending(), (1, 0), "unconfirmed, so still pending");
     net.disconnect("alice");
     net.connect("alice");
     net.pump();
@@ -1062,6 +1063,8 @@ fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives()
         })
         .collect();
     assert_eq!(got, vec![&body], "bob gets the attachment exactly once");
+    assert_eq!(net.client("alice").media_pending(), (0, 0), "the upload is done");
+    assert_eq!(net.client("bob").media_pending(), (0, 0), "the download is done");
 }
 
 /// The body limit leaves room for what the first message adds around it
