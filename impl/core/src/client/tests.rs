@@ -1135,3 +1135,36 @@ fn a_version_zero_group_change_is_refused_not_held() {
     )));
     assert!(net.client("bob").group(&GroupId([0x42; 16])).is_none());
 }
+
+/// An upload whose `MediaStored` never comes back is tried exactly
+/// `MEDIA_ATTEMPTS_MAX` times (each under a fresh blob id), then given up:
+/// the message turns expired and nothing stays pending.
+#[test]
+fn an_upload_never_confirmed_is_tried_a_bounded_number_of_times_then_expired() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let id = net.call("alice", |c, now| c.send_media(&u("bob"), &[0x33; 1_000], now)).unwrap();
+    let no_receipt = |name: &UserId, frame: &ServerFrame| match frame {
+        ServerFrame::MediaStored { .. } if *name == u("alice") => Fate::Drop,
+        _ => Fate::Deliver,
+    };
+    net.pump_with(no_receipt);
+    for _ in 0..media::MEDIA_ATTEMPTS_MAX + 3 {
+        net.now += 60_000;
+        let now = net.now;
+        if net.client("alice").poll_timeout().is_some_and(|t| t <= now) {
+            net.call("alice", |c, now| c.handle_timeout(now));
+        }
+        net.pump_with(no_receipt);
+    }
+    let blobs: BTreeSet<crate::ids::BlobId> = net
+        .sent
+        .iter()
+        .filter_map(|(who, f)| match f {
+            ClientFrame::MediaUpload { blob, .. } if *who == u("alice") => Some(*blob),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(blobs.len(), media::MEDIA_ATTEMPTS_MAX as usize);
+    assert_eq!(net.client("alice").media_pending(), (0, 0));
+    assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Expired));
+}
