@@ -128,6 +128,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn remove_drops_a_body_whatever_its_references_and_says_if_it_was_held() {
+        let mut store = BodyStore::default();
+        let id = store.insert(vec![1; 10], 3).unwrap();
+        assert!(store.remove(id));
+        assert_eq!((store.len(), store.bytes_held()), (0, 0));
+        assert!(!store.remove(id), "already gone");
+    }
+
+    #[test]
     fn a_shared_body_is_stored_once_and_freed_with_the_last_reference() {
         let mut store = BodyStore::default();
         let id = store.insert(vec![0xab; 1024], 1024).unwrap();

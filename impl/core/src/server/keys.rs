@@ -788,6 +788,8 @@ mod tests {
             dir.upload(&bob.addr, CipherSuite::BluetickV1, &spk, &opks).unwrap(),
             Uploaded { added: 0, skipped: 5, stock: 5 }
         );
+        // Counted per accepted upload, and per key really added.
+        assert_eq!((dir.counters().uploads_accepted, dir.counters().one_time_uploaded), (2, 5));
         let before = dir.record(&bob.addr);
         let mut rebound = bob.one_time(6..8);
         rebound.push(OneTimePreKeyUpload { id: 3, key: bob.key() });
