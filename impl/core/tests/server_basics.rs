@@ -136,6 +136,8 @@ fn send_is_acked_after_storing_then_delivered_and_deleted_on_ack() {
     r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
     assert_eq!(r.server.mailbox_len(&bob.addr), 0);
     assert!(r.store.scan(Table::Mailbox).unwrap().is_empty(), "deleted from the store on ack");
+    let stats = r.server.stats();
+    assert_eq!((stats.accepted, stats.deliveries, stats.acked), (1, 1, 1), "{stats:?}");
 }
 
 #[test]
@@ -177,6 +179,7 @@ fn unacked_deliveries_come_back_on_reconnect_and_after_the_ack_timeout() {
         .collect();
     assert_eq!(again, vec![1, 2]);
     assert!(r.server.poll_timeout().unwrap() > r.now, "the next deadline is in the future");
+    assert_eq!(r.server.stats().ack_timeouts, 2, "both were handed out again");
     // Reconnect: handed out again.
     r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
     let (bob2, got) = r.connect("bob", bob.id.clone(), false);
@@ -332,4 +335,30 @@ fn a_stranger_cannot_join_an_account_as_another_device() {
         },
     );
     assert!(matches!(got.as_slice(), [ServerFrame::Error { code: ErrorCode::UserExists, .. }]), "{got:?}");
+}
+
+/// The counters a report prints move with what happened: an expiry of an
+/// undelivered message, and a failed store write (refused, nothing kept).
+#[test]
+fn expiries_and_store_failures_are_counted() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    r.send(alice.conn, &text(&bob, 1, b"never read"));
+    r.now += ServerConfig::default().ttl_text_ms + 1;
+    r.server.handle_timeout(r.now, &mut r.store);
+    assert_eq!(r.server.stats().expired, 1);
+    assert_eq!(r.server.mailbox_len(&bob.addr), 0);
+    r.drain();
+    r.store.fail_next_apply();
+    let spk = KeyPair::generate(&mut r.rng);
+    let sig = alice.id.sign(&CipherSuite::BluetickV1.encode_public(&spk.public()), &mut r.rng);
+    let up = ClientFrame::UploadPreKeys {
+        signed_prekey: SignedPreKeyUpload { id: 2, key: spk.public(), signature: sig },
+        one_time: vec![],
+    };
+    let got = r.send(alice.conn, &up);
+    assert!(got.iter().any(|f| matches!(f, ServerFrame::Error { code: ErrorCode::Unavailable, .. })), "{got:?}");
+    assert_eq!(r.server.stats().store_failures, 1);
 }

@@ -523,6 +523,10 @@ mod tests {
         assert_eq!(coarsen(false, Some(t), t + WITHIN_MONTH_MS), LastSeen::WithinMonth);
         assert_eq!(coarsen(false, Some(t), t + WITHIN_MONTH_MS + 1), LastSeen::LongAgo);
         assert_eq!(coarsen(false, Some(0), u64::MAX), LastSeen::LongAgo);
+        // The boundaries are the product's promise (3 days, a week, a month),
+        // pinned in hours so a slip in their arithmetic shows.
+        let hours = |ms: u64| ms / 3_600_000;
+        assert_eq!((hours(RECENTLY_MS), hours(WITHIN_WEEK_MS), hours(WITHIN_MONTH_MS)), (72, 168, 720));
     }
 
     #[test]
