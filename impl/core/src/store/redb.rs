@@ -252,6 +252,26 @@ mod tests {
         assert!(!path.exists());
     }
 
+    /// A file whose table of the same name holds other types (another
+    /// program's, or a future format) is refused when opened, not on the
+    /// first read or write of that table.
+    #[test]
+    fn a_table_of_other_types_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let db = ::redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let other: ::redb::TableDefinition<u64, u64> = ::redb::TableDefinition::new(Table::Mailbox.name());
+            txn.open_table(other).unwrap().insert(1, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        match RedbStore::open(&path).map(|_| ()) {
+            Err(StoreError::Unreadable { message, .. }) => assert!(message.contains("mailbox"), "{message}"),
+            other => panic!("expected the mailbox table to be refused, got {other:?}"),
+        }
+    }
+
     #[test]
     fn opening_a_directory_is_an_open_error() {
         let dir = tempfile::tempdir().unwrap();
