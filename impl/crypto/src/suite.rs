@@ -7,10 +7,9 @@
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
+use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
-
-use rand_core::{CryptoRng, RngCore};
 
 use crate::kdf::{hkdf_sha256, hmac_sha256, hmac_sha256_verify_truncated, ZERO_SALT};
 use crate::keys::{DhOutput, IdentityKeyPair, KeyError, KeyPair, PublicKey};
@@ -41,9 +40,10 @@ pub enum CipherSuite {
     /// compute a shared secret from the two public keys and forge any
     /// signature. The state machines behave the same, at a small fraction of
     /// the cost, so the simulator and model checker can reach sizes real keys
-    /// make too slow. A deployment never offers it: the server refuses
-    /// sessions of another suite than its own, and no CLI path but a scenario
-    /// or model setting selects it.
+    /// make too slow. A deployment never runs it: `bluetick serve` and
+    /// `chat` have no suite switch, only a scenario file or `bluetick check
+    /// --suite` selects it, and a server checks every login proof and
+    /// signature under its own suite.
     SymbolicInsecure,
 }
 
@@ -86,11 +86,6 @@ impl CipherSuite {
     /// The suite called `name` (see [`CipherSuite::name`]).
     pub fn from_name(name: &str) -> Option<CipherSuite> {
         CipherSuite::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Whether the public-key layer is the insecure symbolic stand-in.
-    pub fn is_symbolic(self) -> bool {
-        self == CipherSuite::SymbolicInsecure
     }
 
     /// Draws a fresh key pair of this suite's public-key layer. Takes exactly
