@@ -463,3 +463,34 @@ fn a_client_hiding_a_change_from_its_dirty_flag_is_caught_when_saves_are_verifie
     let v = run(ClientBugs::none().with(ClientBug::ForgetDirtyOnServerAck));
     assert!(caught(&v, "client-dirty-flag"), "{v:#?}");
 }
+
+// ----- background knobs and the cipher suite -----
+
+/// The background duplication knob really sends second copies, and the
+/// clients' dedup absorbs them (counted on both sides).
+#[test]
+fn background_duplication_sends_copies_that_dedup_absorbs() {
+    let (mut w, u) = world(13, |c| {
+        c.faults = Faults { drop_per_mille: 0, duplicate_per_mille: 300, latency_min_ms: 5, latency_max_ms: 40 };
+    });
+    let ids: Vec<_> = (0..10).map(|i| w.send_text(&u[0], &u[1], &plaintext(13, i)).unwrap()).collect();
+    w.run_for(10_000);
+    let counts = w.history().counts.clone();
+    assert!(counts.frames_duplicated > 0 && counts.duplicates_suppressed > 0, "{counts:?}");
+    w.set_faults(false);
+    finish_clean(&mut w);
+    for id in ids {
+        assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
+    }
+}
+
+/// A world of symbolic-suite devices runs (its server checks their login
+/// proofs and prekey signatures under the same suite) and delivers.
+#[test]
+fn a_world_on_the_symbolic_suite_delivers() {
+    let (mut w, u) = world(14, |c| c.suite = bluetick_crypto::CipherSuite::SymbolicInsecure);
+    let id = w.send_text(&u[0], &u[1], &plaintext(14, 0)).unwrap();
+    w.run_for(5_000);
+    assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
+    finish_clean(&mut w);
+}
