@@ -494,3 +494,24 @@ fn a_world_on_the_symbolic_suite_delivers() {
     assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
     finish_clean(&mut w);
 }
+
+/// A targeted duplicate rule really sends the second copy (not only counts
+/// it): the recipient's dedup sees it.
+#[test]
+fn a_targeted_duplicate_rule_sends_a_copy_that_dedup_absorbs() {
+    let (mut w, u) = world(15, |_| {});
+    w.add_frame_fault(FrameFault {
+        kind: Some("deliver-envelope".into()),
+        direction: None,
+        user: Some(u[1].clone()),
+        drop_per_mille: 0,
+        duplicate_per_mille: 1000,
+        delay_ms: 0,
+    });
+    let id = w.send_text(&u[0], &u[1], &plaintext(15, 0)).unwrap();
+    w.run_for(5_000);
+    assert!(w.history().counts.duplicates_suppressed > 0, "{:?}", w.history().counts);
+    w.clear_frame_faults();
+    finish_clean(&mut w);
+    assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
+}
