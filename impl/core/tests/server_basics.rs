@@ -362,3 +362,42 @@ fn expiries_and_store_failures_are_counted() {
     assert!(got.iter().any(|f| matches!(f, ServerFrame::Error { code: ErrorCode::Unavailable, .. })), "{got:?}");
     assert_eq!(r.server.stats().store_failures, 1);
 }
+
+/// An ack whose store write fails is refused and counted; the entry is gone
+/// from memory but still in the store, so after a crash it is handed out
+/// again (the client's dedup absorbs it): redelivery, never loss. The same
+/// for an expiry sweep whose write fails: the expired entry comes back with
+/// a recovery and expires again.
+#[test]
+fn a_failed_ack_or_expiry_write_errs_towards_redelivery_never_loss() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.send(alice.conn, &text(&bob, 1, b"x"));
+    let seq = match r.frames_for(bob.conn).as_slice() {
+        [ServerFrame::Deliver { seq, .. }] => *seq,
+        other => panic!("{other:?}"),
+    };
+    r.store.fail_next_apply();
+    let got = r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    assert!(got.iter().any(|f| matches!(f, ServerFrame::Error { code: ErrorCode::Unavailable, .. })), "{got:?}");
+    assert_eq!(r.server.stats().store_failures, 1);
+    assert_eq!(r.store.scan(Table::Mailbox).unwrap().len(), 1, "still in the store");
+    r.server = Server::recover(ServerConfig::default(), 9, &mut r.store).unwrap();
+    let (bob2, got) = r.connect("bob", bob.id.clone(), false);
+    assert_eq!(got.iter().filter(|f| matches!(f, ServerFrame::Deliver { .. })).count(), 1, "handed out again");
+
+    // Expiry: bob is away, the sweep's write fails, a recovery brings the
+    // entry back and the next sweep expires it again.
+    r.server.handle_disconnect(bob2.conn, r.now, &mut r.store);
+    r.now += ServerConfig::default().ttl_text_ms + 1;
+    r.store.fail_next_apply();
+    r.server.handle_timeout(r.now, &mut r.store);
+    assert_eq!((r.server.stats().expired, r.server.stats().store_failures), (1, 1));
+    r.server = Server::recover(ServerConfig::default(), 10, &mut r.store).unwrap();
+    assert_eq!(r.server.mailbox_len(&bob.addr), 1, "the failed sweep left it in the store");
+    r.server.handle_timeout(r.now, &mut r.store);
+    assert_eq!(r.server.stats().expired, 1, "expired again after the recovery");
+    assert_eq!(r.server.mailbox_len(&bob.addr), 0);
+    let _ = alice;
+}
