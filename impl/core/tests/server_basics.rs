@@ -106,6 +106,14 @@ impl Rig {
     }
 }
 
+/// The seq of the one item just handed out to `to`.
+fn one_delivery(r: &mut Rig, to: &Device) -> u64 {
+    match r.frames_for(to.conn).as_slice() {
+        [ServerFrame::Deliver { seq, .. }] => *seq,
+        other => panic!("expected one delivery, got {other:?}"),
+    }
+}
+
 fn text(to: &Device, id: u8, body: &[u8]) -> ClientFrame {
     ClientFrame::Send {
         message_id: MessageId([id; 16]),
@@ -146,10 +154,7 @@ fn a_retry_after_a_lost_ack_creates_no_second_copy_even_after_delivery() {
     let alice = r.register("alice");
     let bob = r.register("bob");
     r.send(alice.conn, &text(&bob, 1, b"x"));
-    let seq = match r.frames_for(bob.conn).as_slice() {
-        [ServerFrame::Deliver { seq, .. }] => *seq,
-        other => panic!("{other:?}"),
-    };
+    let seq = one_delivery(&mut r, &bob);
     r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
     let again = r.send(alice.conn, &text(&bob, 1, b"x"));
     assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]));
@@ -374,10 +379,7 @@ fn a_failed_ack_or_expiry_write_errs_towards_redelivery_never_loss() {
     let alice = r.register("alice");
     let bob = r.register("bob");
     r.send(alice.conn, &text(&bob, 1, b"x"));
-    let seq = match r.frames_for(bob.conn).as_slice() {
-        [ServerFrame::Deliver { seq, .. }] => *seq,
-        other => panic!("{other:?}"),
-    };
+    let seq = one_delivery(&mut r, &bob);
     r.store.fail_next_apply();
     let got = r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
     assert!(got.iter().any(|f| matches!(f, ServerFrame::Error { code: ErrorCode::Unavailable, .. })), "{got:?}");
