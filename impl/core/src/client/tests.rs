@@ -1030,6 +1030,17 @@ fn a_lost_welcome_is_recovered_by_logging_in_again() {
     assert!(net.client("alice").is_ready(), "the repeated login was answered with a Welcome");
 }
 
+/// The distinct blob ids `name` sent uploads under (one per attempt).
+fn blobs_uploaded_by(net: &Net, name: &str) -> BTreeSet<crate::ids::BlobId> {
+    net.sent
+        .iter()
+        .filter_map(|(who, f)| match f {
+            ClientFrame::MediaUpload { blob, .. } if *who == u(name) => Some(*blob),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives() {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
@@ -1044,14 +1055,7 @@ fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives()
     net.disconnect("alice");
     net.connect("alice");
     net.pump();
-    let blobs: BTreeSet<crate::ids::BlobId> = net
-        .sent
-        .iter()
-        .filter_map(|(who, f)| match f {
-            ClientFrame::MediaUpload { blob, .. } if *who == u("alice") => Some(*blob),
-            _ => None,
-        })
-        .collect();
+    let blobs = blobs_uploaded_by(&net, "alice");
     assert_eq!(blobs.len(), 2, "the second attempt must not reuse the stored blob's id");
     assert!(net.client("alice").is_ready(), "alice's connection must survive the resend");
     let got: Vec<&Vec<u8>> = net.nodes[&u("bob")]
@@ -1156,14 +1160,7 @@ fn an_upload_never_confirmed_is_tried_a_bounded_number_of_times_then_expired() {
         }
         net.pump_with(no_receipt);
     }
-    let blobs: BTreeSet<crate::ids::BlobId> = net
-        .sent
-        .iter()
-        .filter_map(|(who, f)| match f {
-            ClientFrame::MediaUpload { blob, .. } if *who == u("alice") => Some(*blob),
-            _ => None,
-        })
-        .collect();
+    let blobs = blobs_uploaded_by(&net, "alice");
     assert_eq!(blobs.len(), media::MEDIA_ATTEMPTS_MAX as usize);
     assert_eq!(net.client("alice").media_pending(), (0, 0));
     assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Expired));
