@@ -1076,6 +1076,7 @@ fn an_upload_resent_after_a_lost_media_stored_uses_a_fresh_blob_id_and_arrives()
 /// the server's ciphertext limit and is shown, one byte more is refused.
 #[test]
 fn the_largest_body_allowed_fits_the_ciphertext_limit_and_is_delivered() {
+    assert_eq!(BODY_LEN_MAX, 63 * 1024, "the 64 KiB ciphertext limit less 1 KiB of headers");
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
     let body = vec![7u8; BODY_LEN_MAX];
     net.call("alice", |c, now| c.send_text(&u("bob"), &body, now)).unwrap();
