@@ -894,19 +894,23 @@ fn a_removed_members_message_sent_before_the_removal_still_opens() {
     assert_eq!(net.client("carol").held_group_messages(), 0);
 }
 
-#[test]
-fn a_group_change_the_server_altered_is_rejected() {
-    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
-    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
-    net.pump();
-    let admin_change = net
-        .sent
+/// The first signed group change any client sent to the server.
+fn first_group_change_sent(net: &Net) -> SignedGroupChange {
+    net.sent
         .iter()
         .find_map(|(_, f)| match f {
             ClientFrame::GroupChange { change } => Some(change.clone()),
             _ => None,
         })
-        .unwrap();
+        .expect("a group change was sent")
+}
+
+#[test]
+fn a_group_change_the_server_altered_is_rejected() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    let admin_change = first_group_change_sent(&net);
     let mut forged = admin_change.clone();
     forged.version = 2;
     forged.add = vec![u("mallory")];
@@ -1121,14 +1125,7 @@ fn a_version_zero_group_change_is_refused_not_held() {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
     net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
     net.pump();
-    let mut zero = net
-        .sent
-        .iter()
-        .find_map(|(_, f)| match f {
-            ClientFrame::GroupChange { change } => Some(change.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let mut zero = first_group_change_sent(&net);
     zero.group = GroupId([0x42; 16]);
     zero.version = 0;
     net.call("bob", |c, now| {
