@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use bluetick_core::ids::{BlobId, DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 use bluetick_core::server::keys::{BUNDLE_FETCH_BURST, ONE_TIME_PREKEYS_STORED_MAX, RATE_PERIOD_MS};
 use bluetick_core::server::machine::{
-    AUTH_TIMEOUT_MS, CONNECTION_ERRORS_MAX, DEVICES_PER_USER_MAX, FRAMES_BURST_MAX, FRAMES_PER_SECOND_MAX,
-    GROUP_MEMBERS_MAX,
+    AUTH_TIMEOUT_MS, BLOB_LEN_MAX, CONNECTION_ERRORS_MAX, DEVICES_PER_USER_MAX, FRAMES_BURST_MAX,
+    FRAMES_PER_SECOND_MAX, GROUP_MEMBERS_MAX,
 };
 use bluetick_core::server::mailbox::MAILBOX_DEPTH_MAX;
 use bluetick_core::server::presence::{CONTACTS_MAX, PRESENCE_PUSH_INTERVAL_MS, SUBSCRIPTIONS_MAX};
@@ -538,4 +538,33 @@ fn the_frame_rate_is_a_setting() {
         assert!(matches!(r.send(alice.conn, &ClientFrame::Ping { nonce: n }).as_slice(), [ServerFrame::Pong { .. }]));
     }
     assert_eq!(code(&r.send(alice.conn, &ClientFrame::Ping { nonce: 0 })), Some(ErrorCode::LimitExceeded));
+}
+
+/// A blob may reach [`BLOB_LEN_MAX`] exactly, in full-size chunks, and not
+/// one byte more; a chunk past it is refused and the blob stays as it was.
+#[test]
+fn a_blob_may_grow_to_exactly_blob_len_max() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let blob = BlobId([9; 16]);
+    let chunks = BLOB_LEN_MAX / MEDIA_CHUNK_LEN_MAX as u64;
+    assert_eq!(chunks * MEDIA_CHUNK_LEN_MAX as u64, BLOB_LEN_MAX, "the limit is a whole number of chunks");
+    for i in 0..chunks {
+        // Paced under the per-connection frame rate.
+        r.now += 10;
+        let frame = ClientFrame::MediaUpload {
+            blob,
+            offset: i * MEDIA_CHUNK_LEN_MAX as u64,
+            chunk: vec![7; MEDIA_CHUNK_LEN_MAX],
+            last: false,
+        };
+        let got = r.send(alice.conn, &frame);
+        assert!(got.is_empty(), "chunk {i} of {chunks}: {got:?}");
+    }
+    r.now += 10;
+    let one_more = ClientFrame::MediaUpload { blob, offset: BLOB_LEN_MAX, chunk: vec![7], last: true };
+    assert_eq!(code(&r.send(alice.conn, &one_more)), Some(ErrorCode::TooLarge));
+    r.now += 10;
+    let finish = ClientFrame::MediaUpload { blob, offset: BLOB_LEN_MAX, chunk: vec![], last: true };
+    assert!(matches!(r.send(alice.conn, &finish).as_slice(), [ServerFrame::MediaStored { .. }]));
 }

@@ -515,3 +515,43 @@ fn a_targeted_duplicate_rule_sends_a_copy_that_dedup_absorbs() {
     finish_clean(&mut w);
     assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
 }
+
+/// Carol is offline while Bob first writes to the group and while Alice
+/// removes her, so Bob's sender key reaches her after the removal was made
+/// and before her device applies it. The adversary's copy of a removed
+/// member follows her device until then; a copy frozen at the removal would
+/// lack Bob's key and miss that Bob, who does not rotate, stays readable.
+#[test]
+fn a_removed_members_copy_follows_her_device_until_she_applies_the_removal() {
+    let (mut w, u) = world(15, |c| c.client_bugs = ClientBugs::none().with(ClientBug::NoRotationOnRemove));
+    let g = w.create_group(&u[0], &u[1..3]).unwrap();
+    w.run_for(5_000);
+    w.disconnect(&u[2]);
+    w.run_for(1_000);
+    w.send_group(&u[1], g, &plaintext(15, 1)).unwrap();
+    w.run_for(5_000);
+    assert!(w.change_group(&u[0], g, &[], &[u[2].clone()]));
+    w.run_for(1_000);
+    w.connect(&u[2]);
+    w.run_for(5_000);
+    let after = w.send_group(&u[1], g, &plaintext(15, 2)).unwrap();
+    w.quiesce(300_000);
+    let v = w.finish().to_vec();
+    assert!(caught(&v, names::REMOVED_MEMBER_CANNOT_READ), "{v:#?}");
+    assert_eq!(w.history().received.get(&(u[2].clone(), after)), None);
+}
+
+/// Every frame the server read counts as delivered, and so does at least
+/// every delivery it handed out (no faults, nobody disconnects here).
+#[test]
+fn frames_delivered_counts_both_directions() {
+    let (mut w, u) = world(16, |_| {});
+    for i in 0..5 {
+        w.send_text(&u[0], &u[1], &plaintext(16, i)).unwrap();
+    }
+    finish_clean(&mut w);
+    let stats = w.server().stats();
+    assert!(stats.frames_in > 0 && stats.deliveries >= 5);
+    let counted = w.history().counts.frames_delivered;
+    assert!(counted >= stats.frames_in + stats.deliveries, "{counted} < {} + {}", stats.frames_in, stats.deliveries);
+}

@@ -1163,3 +1163,88 @@ fn an_upload_never_confirmed_is_tried_a_bounded_number_of_times_then_expired() {
     assert_eq!(net.client("alice").media_pending(), (0, 0));
     assert_eq!(net.client("alice").status(&id).unwrap().of(&u("bob")), Some(DeliveryState::Expired));
 }
+
+/// The member limit counts the admin: a group may be created with
+/// `GROUP_MEMBERS_MAX - 1` others and grown to exactly the limit, never past.
+#[test]
+fn an_admin_may_fill_a_group_to_exactly_the_member_limit() {
+    let mut admin = Client::new(ClientConfig::new(u("admin"), PRIMARY_DEVICE), 1, T0);
+    let users = |from: usize, n: usize| (from..from + n).map(|i| u(&format!("m{i}"))).collect::<Vec<_>>();
+    assert!(matches!(
+        admin.create_group(users(0, GROUP_MEMBERS_MAX), T0),
+        Err(ClientError::TooManyMembers { members, .. }) if members == GROUP_MEMBERS_MAX + 1
+    ));
+    let full = admin.create_group(users(0, GROUP_MEMBERS_MAX - 1), T0).unwrap();
+    assert_eq!(admin.group(&full).unwrap().1.len(), GROUP_MEMBERS_MAX);
+    let g = admin.create_group(users(0, GROUP_MEMBERS_MAX - 2), T0).unwrap();
+    admin.change_group(g, users(5_000, 1), vec![], T0).unwrap();
+    assert_eq!(admin.group(&g).unwrap().0, 2);
+    assert_eq!(admin.group(&g).unwrap().1.len(), GROUP_MEMBERS_MAX);
+    assert!(matches!(
+        admin.change_group(g, users(6_000, 1), vec![], T0),
+        Err(ClientError::TooManyMembers { members, .. }) if members == GROUP_MEMBERS_MAX + 1
+    ));
+    // Swapping one member for another keeps it full and is allowed.
+    admin.change_group(g, users(6_000, 1), users(0, 1), T0).unwrap();
+    assert_eq!(admin.group(&g).unwrap().0, 3);
+    assert_eq!(admin.group(&g).unwrap().1.len(), GROUP_MEMBERS_MAX);
+}
+
+/// A driver that reports a new connection without having reported the old
+/// one closed (it missed the close) still gets a client that waits for the
+/// server's challenge before it sends anything on the new connection.
+#[test]
+fn a_new_connection_restarts_the_login_even_without_a_reported_close() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    assert!(net.client("alice").is_ready());
+    let before = net.sent.len();
+    net.call("alice", |c, now| c.handle_connected(now));
+    assert!(!net.client("alice").is_ready(), "a fresh connection is not logged in");
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"queued until login", now)).unwrap();
+    assert_eq!(net.sent.len(), before, "nothing goes out before the challenge");
+}
+
+#[test]
+fn superseded_orders_key_ids_by_wrapping_distance() {
+    assert!(!superseded(&[], 1), "nothing held, nothing newer");
+    assert!(superseded(&[5], 4));
+    assert!(!superseded(&[5], 5), "the newest itself");
+    assert!(!superseded(&[5, 4], 4), "still held");
+    assert!(!superseded(&[5], 6), "newer than what we hold");
+    assert!(superseded(&[2], u32::MAX), "ids wrap");
+    assert!(superseded(&[1 << 31], 1), "just under half the id space behind");
+    assert!(!superseded(&[1 << 31], 0), "exactly half way is taken as ahead");
+}
+
+/// Under `KeepUsedMessageKeys` a stolen copy of Bob's state opens a group
+/// message he already read, with the copy of Alice's sender key he kept;
+/// without the bug it does not.
+#[test]
+fn a_stolen_copy_opens_a_read_group_message_only_when_used_keys_were_kept() {
+    for (bugs, opens) in [(ClientBugs::none(), false), (ClientBugs::none().with(ClientBug::KeepUsedMessageKeys), true)]
+    {
+        let (net, g, _, _, _) = group_scenario(bugs);
+        let (id, ciphertext) = net
+            .sent
+            .iter()
+            .find_map(|(n, f)| match f {
+                ClientFrame::GroupSend { message_id, ciphertext, .. } if *n == u("alice") => {
+                    Some((*message_id, ciphertext.clone()))
+                }
+                _ => None,
+            })
+            .unwrap();
+        let envelope = Envelope {
+            from: DeviceAddress::new(u("alice"), PRIMARY_DEVICE),
+            to: DeviceAddress::new(u("bob"), PRIMARY_DEVICE),
+            message_id: id,
+            server_ts_ms: net.now,
+            group: Some(g),
+            kind: EnvelopeKind::Group,
+            ciphertext,
+        };
+        let bob = &net.nodes[&u("bob")];
+        let mut stolen = Client::restore(bob.config.clone(), &bob.saved).unwrap();
+        assert_eq!(stolen.adversary_open(&envelope).is_some(), opens, "{:?}", bob.config.bugs);
+    }
+}

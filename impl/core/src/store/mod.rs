@@ -538,5 +538,11 @@ mod tests {
         batch.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
         store.apply(batch).unwrap();
         assert_eq!(boxed.get(Table::Meta, b"k").unwrap(), Some(b"v".to_vec()));
+        // Every method goes through the box to the store inside it.
+        let outer: &dyn Store = &boxed;
+        let rows = outer.scan(Table::Meta).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0.as_slice(), rows[0].1.as_slice()), (&b"k"[..], &b"v"[..]));
+        assert_eq!(outer.stats().unwrap()[&Table::Meta].entries, 1);
     }
 }
