@@ -15,7 +15,7 @@ use crate::ids::{BlobId, DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 
 /// Protocol version spoken by this build; a peer that speaks another is refused
 /// with [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest encoded frame accepted, in bytes. A text message is a few KiB;
 /// media travels in [`MEDIA_CHUNK_LEN_MAX`] chunks; a 1,024-member group change
@@ -607,6 +607,56 @@ mod tests {
             let bytes = encode(&f);
             assert_eq!(decode::<ClientFrame>(&bytes).unwrap(), f);
         }
+    }
+
+    /// The key-carrying examples of `docs/protocol.md` 1.3: keys and
+    /// signatures are length-prefixed raw bytes.
+    #[test]
+    fn keys_and_signatures_have_the_documented_bytes() {
+        let otk = encode(&OneTimePreKeyUpload { id: 7, key: PublicKey([0xab; 32]) });
+        let mut want = vec![0x07, 0x20];
+        want.extend([0xab; 32]);
+        assert_eq!(otk, want);
+
+        let user = UserId::new("alice").unwrap();
+        let proof = Signature([0x5c; 64]);
+        let login = encode(&ClientFrame::Authenticate { version: 2, user: user.clone(), device: DeviceId(1), proof });
+        let mut want = vec![0x01, 0x02, 0x05];
+        want.extend(b"alice");
+        want.extend([0x01, 0x40]);
+        want.extend([0x5c; 64]);
+        assert_eq!(login, want);
+        assert_eq!(login.len(), 74);
+
+        let register = ClientFrame::Register {
+            version: 2,
+            user: user.clone(),
+            device: DeviceId(1),
+            identity_key: PublicKey([0x11; 32]),
+            proof,
+        };
+        let register = encode(&register);
+        assert_eq!(register.len(), 107);
+        assert_eq!(register[..11], [0x00, 0x02, 0x05, b'a', b'l', b'i', b'c', b'e', 0x01, 0x20, 0x11]);
+        assert_eq!(register[41..43], [0x11, 0x40]);
+
+        let change = ClientFrame::GroupChange {
+            change: SignedGroupChange {
+                group: GroupId([0x33; 16]),
+                version: 2,
+                admin: user,
+                add: vec![UserId::new("bob").unwrap()],
+                remove: vec![],
+                signature: proof,
+            },
+        };
+        let change = encode(&change);
+        assert_eq!(change.len(), 95);
+        assert_eq!(
+            change[17..31],
+            [0x02, 0x05, b'a', b'l', b'i', b'c', b'e', 0x01, 0x03, b'b', b'o', b'b', 0x00, 0x40]
+        );
+        assert_eq!(decode::<ClientFrame>(&change).map(|f| encode(&f)), Ok(change));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use bluetick_core::server::presence::PresenceBug;
 use bluetick_core::server::{ConnId, ServerBugs, ServerConfig, ServerOutput};
 use bluetick_core::wire::{
     self, ClientFrame, Delivery, EnvelopeKind, ErrorCode, LastSeen, OneTimePreKeyUpload, ReceiptKind, ServerFrame,
-    SignedGroupChange, SignedPreKeyUpload, Visibility,
+    SignedGroupChange, SignedPreKeyUpload, Visibility, PROTOCOL_VERSION,
 };
 use bluetick_crypto::xeddsa::Signature;
 use bluetick_crypto::{CipherSuite, KeyPair};
@@ -98,7 +98,7 @@ fn a_device_receives_only_its_own_mailbox_and_cannot_ack_anothers() {
     let got = send(
         &mut rig,
         pending,
-        &ClientFrame::Authenticate { version: 1, user: user("bob"), device: DeviceId(1), proof },
+        &ClientFrame::Authenticate { version: PROTOCOL_VERSION, user: user("bob"), device: DeviceId(1), proof },
     );
     assert_eq!(error_code(&got), Some(ErrorCode::AuthFailed), "{got:?}");
 }
@@ -137,7 +137,7 @@ fn the_sender_is_stamped_from_the_connection_never_taken_from_the_frame() {
     let got = send(
         &mut rig,
         mallory,
-        &ClientFrame::Authenticate { version: 1, user: user("alice"), device: DeviceId(1), proof },
+        &ClientFrame::Authenticate { version: PROTOCOL_VERSION, user: user("alice"), device: DeviceId(1), proof },
     );
     assert_eq!(error_code(&got), Some(ErrorCode::Malformed), "{got:?}");
 }
@@ -359,7 +359,7 @@ fn another_device_of_an_account_needs_the_accounts_identity_key() {
         &mut rig,
         pending,
         &ClientFrame::Register {
-            version: 1,
+            version: PROTOCOL_VERSION,
             user: user("alice"),
             device: DeviceId(2),
             identity_key: stranger.public(),
@@ -377,7 +377,8 @@ fn a_login_proof_is_bound_to_its_connections_challenge() {
     let nonce = rig.nonce(first).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let proof = rig.identity(&addr("alice")).sign(&wire::auth_message(&nonce, &user("alice"), DeviceId(1)), &mut rng);
-    let login = ClientFrame::Authenticate { version: 1, user: user("alice"), device: DeviceId(1), proof };
+    let login =
+        ClientFrame::Authenticate { version: PROTOCOL_VERSION, user: user("alice"), device: DeviceId(1), proof };
     // Replayed on another connection (a network attacker's copy): refused.
     assert_eq!(error_code(&send(&mut rig, second, &login)), Some(ErrorCode::AuthFailed));
     // On its own connection: accepted.

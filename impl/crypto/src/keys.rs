@@ -18,7 +18,7 @@ use crate::xeddsa;
 /// Public keys are not secret, so `Debug` prints them in hex; a suite may encode
 /// them with a type prefix on the wire (see [`crate::CipherSuite::encode_public`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PublicKey(#[serde(with = "hex::serde")] pub [u8; 32]);
+pub struct PublicKey(#[serde(with = "crate::bytes_serde::fixed")] pub [u8; 32]);
 
 impl PublicKey {
     /// The raw 32 bytes.
@@ -57,7 +57,7 @@ pub enum KeyError {
 /// An X25519 key pair. The secret is boxed, zeroized on drop and never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, Serialize, Deserialize)]
 pub struct KeyPair {
-    #[serde(with = "secret_bytes")]
+    #[serde(with = "crate::bytes_serde::secret")]
     secret: Box<[u8; 32]>,
     #[zeroize(skip)]
     public: PublicKey,
@@ -157,7 +157,7 @@ impl fmt::Debug for IdentityKeyPair {
 /// A 32-byte symmetric secret (root key, chain key, media key…), boxed,
 /// zeroized on drop and redacted in `Debug`.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop, Serialize, Deserialize)]
-pub struct SecretKey(#[serde(with = "secret_bytes")] Box<[u8; 32]>);
+pub struct SecretKey(#[serde(with = "crate::bytes_serde::secret")] Box<[u8; 32]>);
 
 impl SecretKey {
     /// Wraps 32 secret bytes.
@@ -181,25 +181,6 @@ impl SecretKey {
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretKey([redacted])")
-    }
-}
-
-/// Serde for boxed secret bytes as lowercase hex, so persisted state and test
-/// vectors share one readable encoding.
-pub(crate) mod secret_bytes {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroizing;
-
-    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(hex::encode(bytes));
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<[u8; 32]>, D::Error> {
-        let text = Zeroizing::new(String::deserialize(d)?);
-        let mut out = Box::new([0u8; 32]);
-        hex::decode_to_slice(text.as_bytes(), out.as_mut()).map_err(D::Error::custom)?;
-        Ok(out)
     }
 }
 

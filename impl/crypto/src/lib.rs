@@ -27,6 +27,7 @@
 //! - [`media`]: streaming attachment encryption (`bluetick-v1`, `whatsapp-v1`).
 //! - [`vectors`]: known-answer vectors, regenerated and checked by the tests.
 
+mod bytes_serde;
 pub mod kdf;
 pub mod keys;
 pub mod media;

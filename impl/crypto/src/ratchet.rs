@@ -194,7 +194,7 @@ pub struct RatchetMessage {
     /// The cleartext header.
     pub header: Header,
     /// The sealed plaintext (`CipherSuite::seal` output).
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::vec")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -233,7 +233,7 @@ type PendingKey = ((PublicKey, u32), SecretKey);
 pub struct Session {
     suite: CipherSuite,
     /// X3DH's associated data, authenticated with every message.
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::vec")]
     associated_data: Vec<u8>,
     root_key: SecretKey,
     /// `DHs`.

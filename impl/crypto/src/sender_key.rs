@@ -118,7 +118,7 @@ const CHAIN_KEY_SEED: [u8; 1] = [0x02];
 /// A group as the sender-key layer sees it: 16 opaque bytes. The messaging core
 /// maps its own group identifiers onto this.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct GroupId(#[serde(with = "hex::serde")] pub [u8; 16]);
+pub struct GroupId(#[serde(with = "crate::bytes_serde::fixed")] pub [u8; 16]);
 
 impl fmt::Debug for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -350,7 +350,7 @@ pub struct SenderKeyDistribution {
     /// The chain key at `iteration`.
     pub chain_key: SecretKey,
     /// The sender's Ed25519 public key for this key id.
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::fixed")]
     pub signing_public: [u8; 32],
 }
 
@@ -417,10 +417,10 @@ pub struct GroupMessage {
     /// The position in the sender's chain.
     pub iteration: u32,
     /// ChaCha20-Poly1305 (`bluetick-v1`) or AES-256-CBC (`signal-v3-compat`) output.
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::vec")]
     pub ciphertext: Vec<u8>,
     /// Ed25519 over every encoded byte before it.
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::fixed")]
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -827,19 +827,18 @@ mod signing_key_serde {
     }
 }
 
-/// Serde for an Ed25519 public key as 32 bytes of hex, validated on the way in.
+/// Serde for an Ed25519 public key as its 32 bytes (hex in human-readable
+/// formats), validated on the way in.
 mod verifying_key_serde {
     use ed25519_dalek::VerifyingKey;
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use serde::{de::Error, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(key.as_bytes()))
+        crate::bytes_serde::fixed::serialize(key.as_bytes(), s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VerifyingKey, D::Error> {
-        let text = String::deserialize(d)?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text.as_bytes(), &mut bytes).map_err(D::Error::custom)?;
+        let bytes: [u8; 32] = crate::bytes_serde::fixed::deserialize(d)?;
         VerifyingKey::from_bytes(&bytes).map_err(D::Error::custom)
     }
 }

@@ -21,7 +21,7 @@ use crate::keys::PublicKey;
 /// A 64-byte XEdDSA signature: `R (32) ‖ s (32)`, with the signer's Edwards sign
 /// bit in the top bit of byte 63.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature(#[serde(with = "hex_64")] pub [u8; 64]);
+pub struct Signature(#[serde(with = "crate::bytes_serde::fixed")] pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -66,21 +66,6 @@ pub fn verify(public: &PublicKey, message: &[u8], signature: &Signature) -> Resu
     // The cofactorless check `[s]B = R + [h]A` is exactly libsignal's, so both
     // sides accept the same signatures.
     vk.verify(message, &EdSignature::from_bytes(&sig)).map_err(|_| SignatureError::Invalid(*public))
-}
-
-mod hex_64 {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 64];
-        hex::decode_to_slice(text.as_bytes(), &mut out).map_err(D::Error::custom)?;
-        Ok(out)
-    }
 }
 
 #[cfg(test)]

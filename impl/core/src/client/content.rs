@@ -285,6 +285,29 @@ mod tests {
         assert_eq!(Payload::decode(&want).unwrap(), p);
     }
 
+    /// `docs/protocol.md` 12.1: the media key is 32 raw bytes after its
+    /// length, so a media payload is 99 bytes for a small attachment.
+    #[test]
+    fn media_payload_has_the_documented_bytes() {
+        let media = MediaRef {
+            blob_id: [0xb1; 16],
+            media_key: SecretKey::new([0x4b; 32]),
+            ciphertext_sha256: [0x5a; 32],
+            plaintext_len: 100,
+        };
+        let p = Payload { message_id: MessageId([0xab; 16]), content: Content::Media { media } };
+        let mut want = vec![0xab; 16];
+        want.push(0x03);
+        want.extend([0xb1; 16]);
+        want.push(0x20);
+        want.extend([0x4b; 32]);
+        want.extend([0x5a; 32]);
+        want.push(100);
+        assert_eq!(p.encode(), want);
+        assert_eq!(want.len(), 99);
+        assert_eq!(Payload::decode(&want).unwrap(), p);
+    }
+
     #[test]
     fn group_info_payload_has_the_documented_bytes() {
         let alice = UserId::new("alice").unwrap();

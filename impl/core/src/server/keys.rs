@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn the_durable_record_encoding_is_pinned() {
         // The layout the crate README documents: postcard, keys and signatures
-        // as lowercase hex strings (the crypto crate's serde form).
+        // as length-prefixed raw bytes (the crypto crate's binary serde form).
         let record = DeviceKeys {
             identity_key: PublicKey([0x11; 32]),
             signed_prekey: Some(StoredSignedPreKey {
@@ -934,20 +934,19 @@ mod tests {
             one_time_prekeys: BTreeMap::from([(1, PublicKey([0x44; 32])), (300, PublicKey([0x55; 32]))]),
             one_time_id_high: Some(300),
         };
-        let hex_str = |byte: u8, n: usize| -> Vec<u8> {
-            let mut v = vec![(2 * n) as u8];
-            v.extend(hex::encode(vec![byte; n]).into_bytes());
+        let raw = |byte: u8, n: usize| -> Vec<u8> {
+            let mut v = vec![n as u8];
+            v.extend(vec![byte; n]);
             v
         };
-        let mut want = hex_str(0x11, 32);
+        let mut want = raw(0x11, 32);
         want.extend([0x01, 0x00, 0x07]); // Some, suite index 0 (bluetick-v1), id 7
-        want.extend(hex_str(0x22, 32));
-        want.extend([0x80, 0x01]); // varint 128: signature hex length
-        want.extend(hex::encode([0x33; 64]).into_bytes());
+        want.extend(raw(0x22, 32));
+        want.extend(raw(0x33, 64));
         want.extend([0x02, 0x01]); // two entries; id 1
-        want.extend(hex_str(0x44, 32));
+        want.extend(raw(0x44, 32));
         want.extend([0xac, 0x02]); // id 300 as varint
-        want.extend(hex_str(0x55, 32));
+        want.extend(raw(0x55, 32));
         want.extend([0x01, 0xac, 0x02]); // one_time_id_high: Some(300)
         let bytes = postcard::to_allocvec(&record).unwrap();
         assert_eq!(hex::encode(&bytes), hex::encode(&want));

@@ -121,7 +121,7 @@ impl MediaFormat {
 /// [`BlobId::generate`] draws one from the injected RNG, which is what
 /// [`MediaEncryptor::generate`] does.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct BlobId(#[serde(with = "hex::serde")] pub [u8; 16]);
+pub struct BlobId(#[serde(with = "crate::bytes_serde::fixed")] pub [u8; 16]);
 
 impl BlobId {
     /// Draws 16 fresh bytes from the injected RNG.
@@ -150,7 +150,7 @@ pub struct MediaPointer {
     pub media_key: SecretKey,
     /// SHA-256 of the whole blob exactly as uploaded (for `whatsapp-v1` that
     /// includes the trailing 10-byte MAC: WhatsApp's `fileEncSha256`).
-    #[serde(with = "hex::serde")]
+    #[serde(with = "crate::bytes_serde::fixed")]
     pub ciphertext_sha256: [u8; 32],
     /// Length of the plaintext in bytes; fixes the exact blob length.
     pub plaintext_len: u64,

@@ -192,7 +192,7 @@ pub fn verify_file_mac(keys: &WhatsAppMediaKeys, blob: &[u8]) -> Result<(), Medi
 
 /// A `whatsapp-v1` streaming sidecar: one 10-byte entry per 64 KiB window.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamingSidecar(#[serde(with = "hex::serde")] Vec<u8>);
+pub struct StreamingSidecar(#[serde(with = "crate::bytes_serde::vec")] Vec<u8>);
 
 impl StreamingSidecar {
     /// Wraps received sidecar bytes (their length is checked where they are used).
