@@ -9,6 +9,7 @@ use bluetick_core::client::{ClientBug, ClientBugs, DeliveryState};
 use bluetick_core::ids::UserId;
 use bluetick_core::server::mailbox::MailboxBug;
 use bluetick_core::server::presence::PresenceBug;
+use bluetick_core::store::{Store, Table};
 use bluetick_core::wire::{ErrorCode, LastSeen, Visibility};
 use bluetick_core::world::faults::{Direction, FrameFault};
 use bluetick_core::world::oracle::{names, Violation};
@@ -554,4 +555,33 @@ fn frames_delivered_counts_both_directions() {
     assert!(stats.frames_in > 0 && stats.deliveries >= 5);
     let counted = w.history().counts.frames_delivered;
     assert!(counted >= stats.frames_in + stats.deliveries, "{counted} < {} + {}", stats.frames_in, stats.deliveries);
+}
+
+/// A group message is stored once for all its recipients, with a count of
+/// the mailbox entries that share it. A server that restarts while it is
+/// queued for two offline members must count both again, or it would drop
+/// the body as unreferenced and the members would never get the message.
+#[test]
+fn a_shared_group_body_queued_across_a_server_restart_reaches_every_member() {
+    let (mut w, u) = world(17, |_| {});
+    let g = w.create_group(&u[0], &u[1..3]).unwrap();
+    w.run_for(5_000);
+    w.send_group(&u[0], g, &plaintext(17, 0)).unwrap();
+    w.run_for(5_000);
+    w.disconnect(&u[1]);
+    w.disconnect(&u[2]);
+    w.run_for(1_000);
+    let queued = w.send_group(&u[0], g, &plaintext(17, 1)).unwrap();
+    w.run_for(2_000);
+    let bodies = |w: &World| Store::stats(w.store()).unwrap()[&Table::Bodies].entries;
+    assert_eq!(bodies(&w), 1, "one body, queued for both members");
+    w.crash_server();
+    w.run_for(1_000);
+    w.connect(&u[1]);
+    w.connect(&u[2]);
+    finish_clean(&mut w);
+    for member in &u[1..3] {
+        assert!(w.history().decrypted.contains(&(member.clone(), queued)), "{member:?}");
+    }
+    assert_eq!(bodies(&w), 0, "freed once both acked");
 }
