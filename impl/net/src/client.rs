@@ -242,6 +242,14 @@ pub trait ClientObserver: Send + Sync + fmt::Debug {
     fn frame_in(&self, frame: &ServerFrame, now_ms: u64) {
         let _ = (frame, now_ms);
     }
+
+    /// The core produced `frame` to send (it is seen even when no link
+    /// takes it). `client` is the state that produced it: a group message
+    /// is sealed for its sender's view of the group as it is now, which
+    /// may differ from the view when the app asked to send.
+    fn frame_out(&self, frame: &ClientFrame, client: &Client, now_ms: u64) {
+        let _ = (frame, client, now_ms);
+    }
 }
 
 /// What becomes of one protocol frame: it arrives once per entry, each copy
@@ -1003,6 +1011,9 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
         }
         let mut broken = Ok(());
         while let Some(frame) = self.client.poll_transmit() {
+            if let Some(o) = &self.options.observer {
+                o.frame_out(&frame, &self.client, self.now());
+            }
             let Some(link) = link.as_deref_mut() else { continue };
             if broken.is_err() {
                 continue;

@@ -262,6 +262,9 @@ pub struct TurmoilDriver {
     /// Users each group message was queued for, as the server's writes say,
     /// until its acceptance is written (see [`TurmoilDriver::narrow_group_recipients`]).
     queued_for: BTreeMap<MessageId, BTreeSet<UserId>>,
+    /// Each group message's sender view when its core first sealed it (the
+    /// first `GroupSend`; a resend carries the same ciphertext).
+    sealed_for: BTreeMap<MessageId, BTreeSet<UserId>>,
     /// turmoil partitions in force: (farm, direction cut).
     net_cuts: Vec<(usize, Option<Direction>)>,
     ticks: u64,
@@ -293,6 +296,19 @@ impl std::fmt::Debug for TurmoilDriver {
             .field("ticks", &self.ticks)
             .finish_non_exhaustive()
     }
+}
+
+/// A group message's intended recipients once the server accepted it: the
+/// sender's view when its core sealed the message (the app's view at send
+/// time if no seal was seen), among those the server queued it for. The
+/// sealing view replaces the app's: a member added in between was sealed
+/// for, one removed in between was not and never gets the key.
+fn group_recipients(
+    app_view: &BTreeSet<UserId>,
+    sealed_view: Option<&BTreeSet<UserId>>,
+    queued: &BTreeSet<UserId>,
+) -> BTreeSet<UserId> {
+    sealed_view.unwrap_or(app_view).intersection(queued).cloned().collect()
 }
 
 /// Places users on farms: the layout first, the rest in order, in
@@ -434,6 +450,7 @@ impl TurmoilDriver {
             violations: Vec::new(),
             group_of: BTreeMap::new(),
             queued_for: BTreeMap::new(),
+            sealed_for: BTreeMap::new(),
             net_cuts: Vec::new(),
             ticks: 0,
             slots,
@@ -515,11 +532,13 @@ impl TurmoilDriver {
     }
 
     /// Fixes a group message's intended recipients when the server accepts
-    /// it: the sender's view at send time, less anyone the server did not
-    /// queue it for (a member removed before it arrived), as the direct
-    /// driver does from the server's memory (`World::fix_group_recipients`).
-    /// Without this, a member removed between send and acceptance counted as
-    /// a missed delivery.
+    /// it: the members of the sender's view when its core sealed it (which
+    /// may be later than the app's send, and a removal may come in between:
+    /// a message queued offline is sealed after login, under the rotated
+    /// key), less anyone the server did not queue it for (a member removed
+    /// before it arrived), as the direct driver does from the server's memory
+    /// (`World::fix_group_recipients`). Without this, such members counted
+    /// as missed deliveries.
     fn narrow_group_recipients(&mut self, row: RoutingRow) {
         match row {
             RoutingRow::Queued { to, message, group: Some(_), .. } => {
@@ -528,7 +547,7 @@ impl TurmoilDriver {
             RoutingRow::Accepted { message, .. } if self.group_of.contains_key(&message) => {
                 let queued = self.queued_for.remove(&message).unwrap_or_default();
                 if let Some(sent) = self.history.sent.get_mut(&message) {
-                    sent.to.retain(|u| queued.contains(u));
+                    sent.to = group_recipients(&sent.to, self.sealed_for.get(&message), &queued);
                 }
             }
             _ => {}
@@ -617,6 +636,10 @@ impl TurmoilDriver {
             Record::Subscribed { at_ms, user, users } => {
                 h.presence.subscribed_at_ms.insert(user.clone(), at_ms);
                 self.trace_at(at_ms, "presence-subscribe", format!("user={user} users={}", names(&users)));
+                Vec::new()
+            }
+            Record::Sealed { id, view } => {
+                self.sealed_for.entry(id).or_insert(view);
                 Vec::new()
             }
             Record::EnvelopeIn { user, id, envelope } => {
@@ -1253,5 +1276,26 @@ impl Driver for TurmoilDriver {
         self.history.compromised.push((user.clone(), now, tried));
         self.note("compromise", format!("user={user} tried={tried}"));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(names: &[&str]) -> BTreeSet<UserId> {
+        names.iter().map(|n| UserId::new(n).unwrap()).collect()
+    }
+
+    /// The turmoil run of `group-1024-churn` counted a member as missing
+    /// that the sender removed between the app's send (made offline) and
+    /// the seal after login: it was never sealed for, so never gets the key.
+    #[test]
+    fn group_recipients_follow_the_sealing_view_within_what_the_server_queued() {
+        let app = users(&["bob", "carol", "dave"]);
+        let sealed = users(&["bob", "dave", "erin"]);
+        let queued = users(&["bob", "carol", "erin"]);
+        assert_eq!(group_recipients(&app, Some(&sealed), &queued), users(&["bob", "erin"]));
+        assert_eq!(group_recipients(&app, None, &queued), users(&["bob", "carol"]), "no seal seen: the app's view");
     }
 }

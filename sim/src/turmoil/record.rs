@@ -81,6 +81,9 @@ pub(crate) enum Record {
     PresenceShown { at_ms: u64, user: UserId, target: UserId, last_seen: LastSeen },
     /// `user`'s app replaced its presence subscriptions.
     Subscribed { at_ms: u64, user: UserId, users: Vec<UserId> },
+    /// `from`'s core produced a `GroupSend` of `id`, sealed for the members
+    /// of its view of the group at that moment (itself left out).
+    Sealed { id: MessageId, view: BTreeSet<UserId> },
     /// An envelope reached `user`'s core (one copy); the envelope itself
     /// only when ciphertexts are kept for a compromise check.
     EnvelopeIn { user: UserId, id: MessageId, envelope: Option<Box<Envelope>> },
@@ -283,6 +286,12 @@ impl ClientObserver for DeviceObserver {
             let now: Vec<UserId> = client.presence_subscriptions().cloned().collect();
             log.subscriptions.insert(self.user.clone(), now);
         }
+    }
+
+    fn frame_out(&self, frame: &ClientFrame, client: &Client, _now_ms: u64) {
+        let ClientFrame::GroupSend { message_id, group, .. } = frame else { return };
+        let view = client.group(group).map(|(_, m)| m.into_iter().filter(|u| *u != self.user).collect());
+        lock(&self.log).push(Record::Sealed { id: *message_id, view: view.unwrap_or_default() });
     }
 
     fn frame_in(&self, frame: &ServerFrame, _now_ms: u64) {
