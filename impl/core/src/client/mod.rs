@@ -96,7 +96,7 @@ pub const BUNDLE_FETCHES_PER_WINDOW: usize = 24;
 pub const BUNDLE_FETCH_WINDOW_MS: u64 = 60_000;
 
 /// Version of the [`SavedClient`] encoding; [`Client::restore`] refuses others.
-pub const SAVE_FORMAT: u16 = 2;
+pub const SAVE_FORMAT: u16 = 3;
 
 /// Deliberate bugs a test, scenario or model check switches on to show that
 /// its checker notices. Never enable them for real use.
@@ -628,6 +628,10 @@ pub struct Client {
     state: State,
     vol: Volatile,
     dirty: Cell<bool>,
+    /// Length of the last save: the next one starts with that capacity, as
+    /// a large state (a thousand sessions, a group's status book) grown by
+    /// doubling was copied about once more than it was written.
+    save_len: Cell<usize>,
 }
 
 impl fmt::Debug for Client {
@@ -686,12 +690,19 @@ impl Client {
             media: media::MediaQueues::default(),
             retained: adversary::RetainedKeys::default(),
         };
-        Client { config, state, vol: Volatile::default(), dirty: Cell::new(true) }
+        Client { config, state, vol: Volatile::default(), dirty: Cell::new(true), save_len: Cell::new(0) }
     }
 
     /// Resumes from a [`Client::save`] after a crash: offline, with nothing
     /// queued for output; the driver connects again.
     pub fn restore(config: ClientConfig, saved: &SavedClient) -> Result<Client, RestoreError> {
+        // The format leads the encoding: a save of another format is named as
+        // such, not reported as undecodable.
+        if let Ok((found, _)) = postcard::take_from_bytes::<u16>(&saved.bytes) {
+            if found != SAVE_FORMAT {
+                return Err(RestoreError::Format { found, expected: SAVE_FORMAT });
+            }
+        }
         let state: State =
             postcard::from_bytes(&saved.bytes).map_err(|e| RestoreError::Decode { detail: e.to_string() })?;
         if state.format != SAVE_FORMAT {
@@ -703,7 +714,8 @@ impl Client {
                 configured: format!("{:?}/{:?}", config.user, config.device),
             });
         }
-        Ok(Client { config, state, vol: Volatile::default(), dirty: Cell::new(false) })
+        let save_len = Cell::new(saved.bytes.len());
+        Ok(Client { config, state, vol: Volatile::default(), dirty: Cell::new(false), save_len })
     }
 
     /// Encodes everything that must survive a crash, and clears the dirty flag.
@@ -713,7 +725,11 @@ impl Client {
         // (e.g. a sequence without an exact length); were it to happen, the
         // empty result would be refused by `restore`, never taken for a state.
         // The tests restore every save they make, so such a type is caught.
-        SavedClient { bytes: postcard::to_allocvec(&self.state).unwrap_or_default() }
+        // Some slack, as most saves grow the state a little.
+        let buffer = Vec::with_capacity(self.save_len.get() + self.save_len.get() / 8 + 64);
+        let bytes = postcard::to_extend(&self.state, buffer).unwrap_or_default();
+        self.save_len.set(bytes.len());
+        SavedClient { bytes }
     }
 
     /// Whether [`Client::save`] may differ from the last save (conservative:

@@ -547,8 +547,15 @@ fn restore_refuses_garbage_and_another_account() {
     let net = Net::with(&["alice"], ClientBugs::none());
     let node = &net.nodes[&u("alice")];
     assert!(matches!(
-        Client::restore(node.config.clone(), &SavedClient::from_bytes(vec![1, 2, 3])),
+        Client::restore(node.config.clone(), &SavedClient::from_bytes(vec![SAVE_FORMAT as u8, 2, 3])),
         Err(RestoreError::Decode { .. })
+    ));
+    // A save of an older format (here: 2, with keys as hex text) is named as such.
+    let mut older = node.saved.as_bytes().to_vec();
+    older[0] = 2;
+    assert!(matches!(
+        Client::restore(node.config.clone(), &SavedClient::from_bytes(older)),
+        Err(RestoreError::Format { found: 2, expected: SAVE_FORMAT })
     ));
     let other = ClientConfig::new(u("mallory"), PRIMARY_DEVICE);
     assert!(matches!(Client::restore(other, &node.saved), Err(RestoreError::WrongAccount { .. })));
