@@ -431,7 +431,12 @@ fn entries_kept_past_their_ttl_or_after_their_ack_are_caught_as_retention() {
 /// messages draining at once) does trip the limit, as the refusals show.
 #[test]
 fn a_delivery_ack_refused_by_the_rate_limit_is_not_taken_as_an_ack() {
-    let (mut w, u) = world(22, |_| {});
+    // Clients pace themselves under the default limit (see the next test),
+    // so this server's is tighter than their pace.
+    let (mut w, u) = world(22, |c| {
+        c.server.frames_per_second_max = 40;
+        c.server.frames_burst_max = 80;
+    });
     w.disconnect(&u[1]);
     for i in 0..600 {
         w.send_text(&u[0], &u[1], &plaintext(22, i)).unwrap();
@@ -584,4 +589,21 @@ fn a_shared_group_body_queued_across_a_server_restart_reaches_every_member() {
         assert!(w.history().decrypted.contains(&(member.clone(), queued)), "{member:?}");
     }
     assert_eq!(bodies(&w), 0, "freed once both acked");
+}
+
+/// The same backlog under the default limit: the receiving client paces its
+/// acks (merging those that wait) and the server refuses nothing.
+#[test]
+fn a_backlog_drains_without_tripping_the_servers_frame_limit() {
+    let (mut w, u) = world(22, |_| {});
+    w.disconnect(&u[1]);
+    for i in 0..600 {
+        w.send_text(&u[0], &u[1], &plaintext(22, i)).unwrap();
+    }
+    w.run_for(5_000);
+    w.connect(&u[1]);
+    finish_clean(&mut w);
+    let stats = w.server().stats();
+    assert_eq!(stats.errors.get(&ErrorCode::LimitExceeded), None, "{:?}", stats.errors);
+    assert!(stats.acked >= 600);
 }

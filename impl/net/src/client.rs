@@ -243,10 +243,12 @@ pub trait ClientObserver: Send + Sync + fmt::Debug {
         let _ = (frame, now_ms);
     }
 
-    /// The core produced `frame` to send (it is seen even when no link
-    /// takes it). `client` is the state that produced it: a group message
-    /// is sealed for its sender's view of the group as it is now, which
-    /// may differ from the view when the app asked to send.
+    /// `frame` waits to be sent: shown after every input that leaves frames
+    /// queued, the same frame again while the client's pacer holds it back
+    /// (and even when no link takes it). `client` is the state right after
+    /// that input: a group message is sealed for its sender's view of the
+    /// group then, which may differ from the view when the app asked to
+    /// send, or when the frame finally leaves.
     fn frame_out(&self, frame: &ClientFrame, client: &Client, now_ms: u64) {
         let _ = (frame, client, now_ms);
     }
@@ -1010,10 +1012,14 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
             self.save().await?;
         }
         let mut broken = Ok(());
-        while let Some(frame) = self.client.poll_transmit() {
-            if let Some(o) = &self.options.observer {
-                o.frame_out(&frame, &self.client, self.now());
+        if let Some(o) = &self.options.observer {
+            // Before the pacer lets them go, while the state that sealed them
+            // is current; frames it holds are shown again on later pumps.
+            for frame in self.client.queued_transmits() {
+                o.frame_out(frame, &self.client, self.now());
             }
+        }
+        while let Some(frame) = self.client.poll_transmit() {
             let Some(link) = link.as_deref_mut() else { continue };
             if broken.is_err() {
                 continue;

@@ -69,7 +69,7 @@ pub mod faults;
 pub mod net;
 mod record;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -426,6 +426,7 @@ impl TurmoilDriver {
                         user: user.clone(),
                         log: log.clone(),
                         record_ciphertexts: world.record_ciphertexts,
+                        sealed_seen: Mutex::new(VecDeque::new()),
                     }),
                     timing: timing.clone(),
                     incarnation: 0,

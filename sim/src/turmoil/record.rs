@@ -12,7 +12,7 @@
 //! on it, so what the server hands out (redeliveries, presence pushes) and
 //! when it counts a user online can be told per user, as the `World` does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bluetick_core::client::{AppEvent, Client, DeliveryState};
@@ -161,7 +161,14 @@ pub(crate) struct DeviceObserver {
     pub(crate) log: SharedLog,
     /// Keep every delivered envelope for a later compromise check.
     pub(crate) record_ciphertexts: bool,
+    /// Group messages already reported sealed (the newest; the driver also
+    /// keeps only the first report of each).
+    pub(crate) sealed_seen: Mutex<VecDeque<MessageId>>,
 }
+
+/// Sealed group messages a device observer remembers; more than a client
+/// keeps unacknowledged.
+const SEALED_SEEN_MAX: usize = 256;
 
 impl ClientObserver for DeviceObserver {
     fn event(&self, event: &ClientEvent, _now_ms: u64) {
@@ -290,6 +297,17 @@ impl ClientObserver for DeviceObserver {
 
     fn frame_out(&self, frame: &ClientFrame, client: &Client, _now_ms: u64) {
         let ClientFrame::GroupSend { message_id, group, .. } = frame else { return };
+        {
+            // A held frame is shown on every pump until it leaves: report it once.
+            let mut seen = lock(&self.sealed_seen);
+            if seen.contains(message_id) {
+                return;
+            }
+            if seen.len() >= SEALED_SEEN_MAX {
+                seen.pop_front();
+            }
+            seen.push_back(*message_id);
+        }
         let view = client.group(group).map(|(_, m)| m.into_iter().filter(|u| *u != self.user).collect());
         lock(&self.log).push(Record::Sealed { id: *message_id, view: view.unwrap_or_default() });
     }

@@ -24,6 +24,7 @@ pub mod groups;
 pub mod inbox;
 pub mod media;
 pub mod outbox;
+pub mod pacer;
 pub mod presence;
 pub mod sessions;
 pub mod status;
@@ -568,6 +569,12 @@ struct Volatile {
     presence: presence::PresenceVolatile,
     /// Uploads and downloads under way on this connection.
     media: media::MediaVolatile,
+    /// How many frames at the front of `transmits` the pacer let go.
+    released: usize,
+    /// How many frames the pacer still held at the end of the last call.
+    carried: usize,
+    /// This connection's send budget (created full at its first use).
+    pacer: Option<pacer::Pacer>,
 }
 
 impl Volatile {
@@ -583,6 +590,9 @@ impl Volatile {
         self.self_fetch = None;
         self.presence.reset();
         self.media = media::MediaVolatile::default();
+        self.released = 0;
+        self.carried = 0;
+        self.pacer = None;
     }
 }
 
@@ -599,7 +609,9 @@ impl Volatile {
 /// 2. After **each** such call: if `is_dirty()`, persist `save()`; only then
 ///    drain `poll_transmit` (send each frame, in order, on the current
 ///    connection) and `poll_event` (hand each to the app), and re-arm the
-///    timer from `poll_timeout`.
+///    timer from `poll_timeout`. `poll_transmit` may hold frames back to
+///    stay under the server's frame rate (see [`pacer`]); `poll_timeout`
+///    then names when the next may go.
 ///
 /// The connection handshake is: server `Challenge` → `Register` (first time)
 /// or `Authenticate` → `Welcome`; then the client uploads prekeys and resends
@@ -803,9 +815,11 @@ impl Client {
             if sent_at_ms.saturating_add(wait) <= now_ms {
                 self.on_challenge(nonce, now_ms);
             }
+            self.pace(now_ms);
             return;
         }
         if self.vol.conn != Conn::Ready {
+            self.pace(now_ms);
             return;
         }
         let fresh = |at: &u64| at.saturating_add(wait) > now_ms;
@@ -980,7 +994,18 @@ impl Client {
 
     /// The next frame to send on the current connection.
     pub fn poll_transmit(&mut self) -> Option<ClientFrame> {
+        // Frames the pacer holds back go after a later call (a timeout when
+        // nothing else comes: see `poll_timeout`).
+        self.vol.released = self.vol.released.checked_sub(1)?;
         self.vol.transmits.pop_front()
+    }
+
+    /// Frames produced and not yet taken by [`Client::poll_transmit`], those
+    /// the pacer holds back included, in order. A frame is sealed when it is
+    /// queued: a simulator reads here under which group view a message was
+    /// encrypted (the view may change before the frame leaves).
+    pub fn queued_transmits(&self) -> impl Iterator<Item = &ClientFrame> {
+        self.vol.transmits.iter()
     }
 
     /// The next event for the app.
@@ -991,12 +1016,16 @@ impl Client {
     /// When [`Client::handle_timeout`] should next be called, if at all.
     /// Right after `handle_timeout(now)` it is later than `now` or `None`.
     pub fn poll_timeout(&self) -> Option<u64> {
+        let paced = match self.vol.pacer {
+            Some(p) if self.vol.released < self.vol.transmits.len() => Some(p.next_at()),
+            _ => None,
+        };
         let wait = self.config.resend_after();
         if let Conn::AwaitingWelcome { sent_at_ms, .. } = self.vol.conn {
-            return Some(sent_at_ms.saturating_add(wait));
+            return Some(sent_at_ms.saturating_add(wait)).into_iter().chain(paced).min();
         }
         if self.vol.conn != Conn::Ready {
-            return None;
+            return paced;
         }
         let sends = self.vol.sent_at.values().chain(self.vol.receipts_sent_at.values());
         let changes = self.vol.changes_sent_at.values();
@@ -1007,7 +1036,7 @@ impl Client {
             (true, Some(oldest)) => Some(oldest.saturating_add(BUNDLE_FETCH_WINDOW_MS)),
             _ => None,
         };
-        [resend, fetch, self.presence_deadline(), self.media_deadline()].into_iter().flatten().min()
+        [resend, fetch, self.presence_deadline(), self.media_deadline(), paced].into_iter().flatten().min()
     }
 
     // ----- connection -----
@@ -1118,9 +1147,45 @@ impl Client {
     /// up to the in-flight window, receipt batches, delivery-acks and needed
     /// bundle fetches.
     fn flush(&mut self, now_ms: u64) {
-        if self.vol.conn != Conn::Ready {
-            return;
+        if self.vol.conn == Conn::Ready {
+            self.flush_ready(now_ms);
         }
+        self.pace(now_ms);
+    }
+
+    /// Releases what the send budget allows of the frames waiting.
+    fn pace(&mut self, now_ms: u64) {
+        let waiting = self.vol.transmits.len().saturating_sub(self.vol.released);
+        if waiting > 0 {
+            let pacer = self.vol.pacer.get_or_insert_with(|| pacer::Pacer::new(now_ms));
+            self.vol.released += pacer.take(now_ms, waiting);
+        }
+        self.vol.carried = self.vol.transmits.len().saturating_sub(self.vol.released);
+    }
+
+    /// Acks for `seqs`, ahead of every frame the pacer holds back: the
+    /// server hands out no more than its delivery window until it has acks,
+    /// so an ack waiting behind a burst of sends would stall what comes in
+    /// (group changes among it). Merged into a held ack frame where there is
+    /// room, so a backlog of deliveries does not turn into as many frames.
+    fn queue_acks(&mut self, mut seqs: Vec<u64>) {
+        // With nothing held back since an earlier call, in order after this
+        // call's other frames, as without a pacer.
+        let held = if self.vol.carried > 0 { self.vol.released } else { self.vol.transmits.len() };
+        let waiting = self.vol.transmits.iter_mut().skip(held).find_map(|f| match f {
+            ClientFrame::DeliveryAck { seqs } => Some(seqs),
+            _ => None,
+        });
+        if let Some(waiting) = waiting {
+            let room = BATCH_LEN_MAX.saturating_sub(waiting.len()).min(seqs.len());
+            waiting.extend(seqs.drain(..room));
+        }
+        for (i, chunk) in seqs.chunks(BATCH_LEN_MAX).enumerate() {
+            self.vol.transmits.insert(held + i, ClientFrame::DeliveryAck { seqs: chunk.to_vec() });
+        }
+    }
+
+    fn flush_ready(&mut self, now_ms: u64) {
         self.vol.fetch_blocked = false;
         self.flush_prekeys(now_ms);
         self.flush_presence(now_ms);
@@ -1136,8 +1201,9 @@ impl Client {
                 self.vol.transmits.push_back(batch.frame());
             }
         }
-        for seqs in std::mem::take(&mut self.vol.acks).chunks(BATCH_LEN_MAX) {
-            self.vol.transmits.push_back(ClientFrame::DeliveryAck { seqs: seqs.to_vec() });
+        let acks = std::mem::take(&mut self.vol.acks);
+        if !acks.is_empty() {
+            self.queue_acks(acks);
         }
         for admin in self.state.groups.waiting_admins() {
             if self.state.sessions.identity(&admin).is_none() {

@@ -1255,3 +1255,48 @@ fn a_stolen_copy_opens_a_read_group_message_only_when_used_keys_were_kept() {
         assert_eq!(stolen.adversary_open(&envelope).is_some(), opens, "{:?}", bob.config.bugs);
     }
 }
+
+/// A backlog of deliveries at one instant: at most a burst of frames goes at
+/// once, the rest at the pace, and acks that wait are merged — every seq is
+/// acked, in far fewer frames than deliveries.
+#[test]
+fn frames_beyond_the_send_budget_wait_and_their_acks_merge() {
+    let net = Net::with(&["alice"], ClientBugs::none());
+    let node = &net.nodes[&u("alice")];
+    let mut c = Client::restore(node.config.clone(), &node.saved).unwrap();
+    let mut now = net.now;
+    c.handle_connected(now);
+    c.handle_frame(ServerFrame::Challenge { nonce: [7; 32] }, now);
+    c.handle_frame(ServerFrame::Welcome { server_ts_ms: now }, now);
+    let mut sent: Vec<ClientFrame> = std::iter::from_fn(|| c.poll_transmit()).collect();
+    let before = sent.len();
+    for seq in 0..1_000u64 {
+        let item =
+            Delivery::Expired { to: DeviceAddress::new(u("bob"), PRIMARY_DEVICE), message_id: MessageId([9; 16]) };
+        c.handle_frame(ServerFrame::Deliver { seq, item }, now);
+        sent.extend(std::iter::from_fn(|| c.poll_transmit()));
+    }
+    assert!(sent.len() <= pacer::PACE_BURST as usize, "{} frames at one instant", sent.len());
+    let deadline = c.poll_timeout().unwrap();
+    assert!(deadline > now && deadline <= now + 10, "the next frame is due shortly: {deadline}");
+    let at_burst = sent.len();
+    now += 1_000;
+    c.handle_timeout(now);
+    sent.extend(std::iter::from_fn(|| c.poll_transmit()));
+    assert!(sent.len() - at_burst <= pacer::PACE_PER_SECOND as usize + 1, "one second's pace");
+    for _ in 0..60 {
+        now += 1_000;
+        c.handle_timeout(now);
+        sent.extend(std::iter::from_fn(|| c.poll_transmit()));
+    }
+    let acked: BTreeSet<u64> = sent
+        .iter()
+        .flat_map(|f| match f {
+            ClientFrame::DeliveryAck { seqs } => seqs.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(acked, (0..1_000).collect::<BTreeSet<u64>>());
+    let ack_frames = sent[before..].iter().filter(|f| matches!(f, ClientFrame::DeliveryAck { .. })).count();
+    assert!(ack_frames < 400, "{ack_frames} ack frames for 1,000 deliveries");
+}

@@ -268,8 +268,9 @@ impl World {
         }
     }
 
-    /// A frame `user`'s client is sending: a group message's first
-    /// transmission is when it was sealed, under the sender's current view.
+    /// A frame `user`'s client queued (seen before the pacer lets it go): a
+    /// group message's first sighting is when it was sealed, under the
+    /// sender's current view.
     pub(super) fn observe_client_frame(&mut self, user: &UserId, frame: &ClientFrame) {
         if let ClientFrame::PresenceSubscribe { .. } = frame {
             return;

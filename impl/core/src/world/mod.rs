@@ -45,7 +45,7 @@ use crate::client::{AppEvent, Client, ClientBugs, ClientConfig, SavedClient};
 use crate::ids::{DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 use crate::server::{ConnId, Server, ServerConfig, ServerOutput};
 use crate::store::MemoryStore;
-use crate::wire::{self, Envelope, ServerFrame, Visibility};
+use crate::wire::{self, ClientFrame, Envelope, ServerFrame, Visibility};
 
 use faults::{Direction, FrameFault, TraceEvent};
 use oracle::{names, FrameFaultCount, History, SentMessage, Violation};
@@ -1120,6 +1120,15 @@ impl World {
                 detail: format!("{user:?}'s state changed but its client did not report itself dirty; state: {c:?}"),
             });
         }
+        // A group message is sealed, for the sender's view as it is now, when
+        // its frame is queued, which may be before the pacer lets it go.
+        let sealed: Vec<ClientFrame> = c
+            .queued_transmits()
+            .filter(|f| {
+                matches!(f, ClientFrame::GroupSend { message_id, .. } if !self.history.group_sends.contains_key(message_id))
+            })
+            .cloned()
+            .collect();
         let mut frames = Vec::new();
         while let Some(f) = c.poll_transmit() {
             frames.push(f);
@@ -1156,7 +1165,7 @@ impl World {
             };
             self.violations.extend(v);
         }
-        for f in &frames {
+        for f in sealed.iter().chain(&frames) {
             self.observe_client_frame(user, f);
         }
         if let Some(conn) = conn {
