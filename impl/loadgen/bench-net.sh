@@ -146,7 +146,8 @@ EOF
                 --data "$dir" --max-frames-per-second "$MAX_FRAMES_PER_SECOND" >"$OUT/server.log" 2>&1 &
             server_pid=$!
             wait_port "$BLUETICK_PORT"
-            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm)
+            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm
+                --server-frames-per-second "$MAX_FRAMES_PER_SECOND")
             ;;
         *) die "unknown server $1 (mosquitto, bluetick-disk, bluetick-tmpfs)" ;;
     esac

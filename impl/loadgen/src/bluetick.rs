@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bluetick_core::client::pacer::Pace;
 use bluetick_core::client::{AppEvent, Client, ClientConfig, ClientError, DeliveryState, PRIMARY_DEVICE};
 use bluetick_core::ids::{MessageId, UserId};
 use bluetick_net::client::{run_client, ClientEvent, ClientHandle, ClientOptions};
@@ -96,7 +97,10 @@ impl Bluetick {
 
     fn config(&self, role: Role, pair: usize) -> Result<ClientConfig, String> {
         let user = self.user(role, pair)?;
-        Ok(ClientConfig { prekey_batch: PREKEY_BATCH, ..ClientConfig::new(user, PRIMARY_DEVICE) })
+        let limit = self.shared.plan.server_frames_per_second;
+        // `serve` allows a burst of twice its rate.
+        let pace = Pace::under(limit, limit.saturating_mul(2));
+        Ok(ClientConfig { prekey_batch: PREKEY_BATCH, pace, ..ClientConfig::new(user, PRIMARY_DEVICE) })
     }
 
     /// Starts `client`'s task and waits for its login.

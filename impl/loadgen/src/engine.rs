@@ -108,6 +108,8 @@ pub struct Plan {
     /// Distinguishes this run's accounts and topics from earlier runs'
     /// against the same server.
     pub run_tag: String,
+    /// The server's per-connection frame limit; clients pace under it.
+    pub server_frames_per_second: u32,
 }
 
 impl Plan {

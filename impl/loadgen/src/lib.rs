@@ -136,6 +136,11 @@ pub struct LoadgenArgs {
     /// Print the report as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// bluetick only: the server's per-connection frame limit (`serve
+    /// --max-frames-per-second`, burst twice that); the clients pace their
+    /// frames under it.
+    #[arg(long, default_value_t = bluetick_core::server::machine::FRAMES_PER_SECOND_MAX)]
+    pub server_frames_per_second: u32,
 }
 
 /// Why a run could not happen.
@@ -511,6 +516,7 @@ pub fn plan(args: &LoadgenArgs) -> Result<Plan, LoadgenError> {
         drain_timeout: args.drain_timeout,
         idle: args.idle,
         run_tag: run_tag(),
+        server_frames_per_second: args.server_frames_per_second,
     })
 }
 

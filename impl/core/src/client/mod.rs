@@ -170,6 +170,8 @@ pub struct ClientConfig {
     pub resend_after_ms: u64,
     /// One-time prekeys generated at setup and on each `PreKeysLow`.
     pub prekey_batch: usize,
+    /// Send budget per connection, under the server's frame limit.
+    pub pace: pacer::Pace,
     /// Deliberate bugs, off by default.
     pub bugs: ClientBugs,
 }
@@ -183,6 +185,7 @@ impl ClientConfig {
             suite: CipherSuite::BluetickV1,
             resend_after_ms: DEFAULT_RESEND_AFTER_MS,
             prekey_batch: DEFAULT_PREKEY_BATCH,
+            pace: pacer::Pace::default(),
             bugs: ClientBugs::none(),
         }
     }
@@ -1157,7 +1160,8 @@ impl Client {
     fn pace(&mut self, now_ms: u64) {
         let waiting = self.vol.transmits.len().saturating_sub(self.vol.released);
         if waiting > 0 {
-            let pacer = self.vol.pacer.get_or_insert_with(|| pacer::Pacer::new(now_ms));
+            let pace = self.config.pace;
+            let pacer = self.vol.pacer.get_or_insert_with(|| pacer::Pacer::new(now_ms, pace));
             self.vol.released += pacer.take(now_ms, waiting);
         }
         self.vol.carried = self.vol.transmits.len().saturating_sub(self.vol.released);
