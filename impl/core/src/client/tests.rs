@@ -1277,6 +1277,8 @@ fn frames_beyond_the_send_budget_wait_and_their_acks_merge() {
         sent.extend(std::iter::from_fn(|| c.poll_transmit()));
     }
     assert!(sent.len() <= pacer::PACE_BURST as usize, "{} frames at one instant", sent.len());
+    let held: Vec<&ClientFrame> = c.queued_transmits().collect();
+    assert!(!held.is_empty() && held.iter().all(|f| matches!(f, ClientFrame::DeliveryAck { .. })), "acks wait");
     let deadline = c.poll_timeout().unwrap();
     assert!(deadline > now && deadline <= now + 10, "the next frame is due shortly: {deadline}");
     let at_burst = sent.len();
@@ -1299,4 +1301,21 @@ fn frames_beyond_the_send_budget_wait_and_their_acks_merge() {
     assert_eq!(acked, (0..1_000).collect::<BTreeSet<u64>>());
     let ack_frames = sent[before..].iter().filter(|f| matches!(f, ClientFrame::DeliveryAck { .. })).count();
     assert!(ack_frames < 400, "{ack_frames} ack frames for 1,000 deliveries");
+}
+
+/// Without frames held back from an earlier call, a call's frames keep their
+/// order: the delivery receipt a message brings goes before the ack of the
+/// delivery (only acks that would wait behind held frames jump ahead).
+#[test]
+fn unpaced_frames_keep_their_order_receipt_then_ack() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let before = net.sent.len();
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now)).unwrap();
+    net.pump();
+    let bob: Vec<&ClientFrame> = net.sent[before..].iter().filter(|(n, _)| *n == u("bob")).map(|(_, f)| f).collect();
+    let receipt = bob.iter().position(|f| matches!(f, ClientFrame::Receipt { .. })).expect("a delivery receipt");
+    assert!(
+        matches!(bob.get(receipt + 1), Some(ClientFrame::DeliveryAck { .. })),
+        "the ack follows the receipt: {bob:?}"
+    );
 }
