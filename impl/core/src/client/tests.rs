@@ -1319,3 +1319,27 @@ fn unpaced_frames_keep_their_order_receipt_then_ack() {
         "the ack follows the receipt: {bob:?}"
     );
 }
+
+/// First messages to more contacts than the bundle-fetch rate allows: the
+/// fetches past the limit wait for the window, and the client wakes itself
+/// for them (nothing else would: every other request was answered).
+#[test]
+fn bundle_fetches_held_by_the_rate_limit_go_when_the_window_passes() {
+    let contacts = BUNDLE_FETCHES_PER_WINDOW + 6;
+    let names: Vec<String> = (0..contacts).map(|i| format!("c{i:02}")).collect();
+    let mut all: Vec<&str> = vec!["alice"];
+    all.extend(names.iter().map(String::as_str));
+    let mut net = Net::with(&all, ClientBugs::none());
+    for name in &names {
+        net.call("alice", |c, now| c.send_text(&u(name), b"hello", now)).unwrap();
+    }
+    net.pump();
+    let reached = |net: &Net| names.iter().filter(|n| net.bodies(n) == vec![b"hello".to_vec()]).count();
+    // (Her own bundle, fetched to confirm her prekey upload, took a slot too.)
+    let first = reached(&net);
+    assert!(first > 0 && first <= BUNDLE_FETCHES_PER_WINDOW, "the rest wait for the fetch window: {first}");
+    let wake = net.client("alice").poll_timeout().expect("alice wakes for the held fetches");
+    assert!(wake <= net.now + BUNDLE_FETCH_WINDOW_MS, "{wake}");
+    net.advance(BUNDLE_FETCH_WINDOW_MS + 1);
+    assert_eq!(reached(&net), contacts);
+}
