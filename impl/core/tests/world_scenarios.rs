@@ -591,8 +591,10 @@ fn a_shared_group_body_queued_across_a_server_restart_reaches_every_member() {
     assert_eq!(bodies(&w), 0, "freed once both acked");
 }
 
-/// The same backlog under the default limit: the receiving client paces its
-/// acks (merging those that wait) and the server refuses nothing.
+/// The backlog of `a_delivery_ack_refused_by_the_rate_limit_is_not_taken_as_an_ack`
+/// (600 messages draining at once), under the default limit: the receiving
+/// client paces its acks (merging those that wait) and the server refuses
+/// nothing, where before this backlog tripped the limit.
 #[test]
 fn a_backlog_drains_without_tripping_the_servers_frame_limit() {
     let (mut w, u) = world(22, |_| {});
