@@ -642,20 +642,25 @@ fn group_scenario(bugs: ClientBugs) -> (Net, GroupId, SavedClient, Vec<u8>, Mess
     (net, g, carol_before, ciphertext, m2)
 }
 
+/// Alice's group message `id` as the server would deliver it to `to`.
+fn group_envelope_from_alice(to: &str, g: GroupId, id: MessageId, ciphertext: Vec<u8>, now: u64) -> Envelope {
+    Envelope {
+        from: DeviceAddress::new(u("alice"), PRIMARY_DEVICE),
+        to: DeviceAddress::new(u(to), PRIMARY_DEVICE),
+        message_id: id,
+        server_ts_ms: now,
+        group: Some(g),
+        kind: EnvelopeKind::Group,
+        ciphertext,
+    }
+}
+
 /// A rogue Carol who ignored her removal and kept every key she had gets
 /// the group ciphertext the server no longer sends her (a leaky or
 /// compromised server). Returns the bodies she could read.
 fn leak_to_rogue_carol(net: &Net, g: GroupId, kept: &SavedClient, ciphertext: Vec<u8>, id: MessageId) -> Vec<Vec<u8>> {
     let mut rogue = Client::restore(net.nodes[&u("carol")].config.clone(), kept).unwrap();
-    let envelope = Envelope {
-        from: DeviceAddress::new(u("alice"), PRIMARY_DEVICE),
-        to: DeviceAddress::new(u("carol"), PRIMARY_DEVICE),
-        message_id: id,
-        server_ts_ms: net.now,
-        group: Some(g),
-        kind: EnvelopeKind::Group,
-        ciphertext,
-    };
+    let envelope = group_envelope_from_alice("carol", g, id, ciphertext, net.now);
     rogue.handle_frame(ServerFrame::Deliver { seq: 10_000, item: Delivery::Envelope(envelope) }, net.now);
     std::iter::from_fn(|| rogue.poll_event())
         .filter_map(|e| match e {
@@ -1241,15 +1246,7 @@ fn a_stolen_copy_opens_a_read_group_message_only_when_used_keys_were_kept() {
                 _ => None,
             })
             .unwrap();
-        let envelope = Envelope {
-            from: DeviceAddress::new(u("alice"), PRIMARY_DEVICE),
-            to: DeviceAddress::new(u("bob"), PRIMARY_DEVICE),
-            message_id: id,
-            server_ts_ms: net.now,
-            group: Some(g),
-            kind: EnvelopeKind::Group,
-            ciphertext,
-        };
+        let envelope = group_envelope_from_alice("bob", g, id, ciphertext, net.now);
         let bob = &net.nodes[&u("bob")];
         let mut stolen = Client::restore(bob.config.clone(), &bob.saved).unwrap();
         assert_eq!(stolen.adversary_open(&envelope).is_some(), opens, "{:?}", bob.config.bugs);
