@@ -31,6 +31,10 @@ pub struct CheckArgs {
     /// (e.g. exactly-once, at-least-once, forward-secrecy, x3dh-forward-secrecy).
     #[arg(long, value_name = "NAME")]
     pub property: Option<String>,
+    /// Run only the configuration with this name (e.g. goal-3, as the
+    /// first column prints it, without the suite).
+    #[arg(long, value_name = "NAME")]
+    pub config: Option<String>,
     /// Also run the known-weakness configurations, which must each produce
     /// their documented counterexample.
     #[arg(long)]
@@ -119,13 +123,31 @@ pub fn cli_check(args: CheckArgs) -> ExitCode {
         }
     } else {
         let configs = if args.deep { suite::deep() } else { suite::ci() };
-        let targets = |c: &ModelConfig| wanted.is_none_or(|p| c.checks.contains(&p));
+        let named = args.config.as_deref();
+        if let Some(n) = named {
+            let mut all: Vec<ModelConfig> = suite::ci();
+            all.extend(suite::deep());
+            all.extend(suite::weaknesses().into_iter().map(|(c, _)| c));
+            if !all.iter().any(|c| c.name == n) {
+                let mut names: Vec<String> = Vec::new();
+                for c in all {
+                    if !names.contains(&c.name) {
+                        names.push(c.name);
+                    }
+                }
+                eprintln!("error: no configuration named {n:?}; known: {}", names.join(", "));
+                return ExitCode::from(2);
+            }
+        }
+        let targets =
+            |c: &ModelConfig| wanted.is_none_or(|p| c.checks.contains(&p)) && named.is_none_or(|n| c.name == n);
         for config in configs.into_iter().filter(|c| targets(c)) {
             if let Err(code) = out.run(config, &options, wanted, None) {
                 return code;
             }
         }
-        if args.weaknesses {
+        // A weakness named by --config runs without --weaknesses.
+        if args.weaknesses || named.is_some() {
             for (config, expected) in suite::weaknesses() {
                 if !targets(&config) {
                     continue;
@@ -136,7 +158,8 @@ pub fn cli_check(args: CheckArgs) -> ExitCode {
                 }
             }
         }
-        if wanted.is_none_or(|p| p == X3DH_FORWARD_SECRECY || p == X3DH_THEFT_AFTER_HANDSHAKE) {
+        let x3dh = wanted.is_none_or(|p| p == X3DH_FORWARD_SECRECY || p == X3DH_THEFT_AFTER_HANDSHAKE);
+        if x3dh && named.is_none() {
             out.x3dh(args.weaknesses);
         }
     }

@@ -17,6 +17,13 @@
 //! counter, which restart from zero; no model comes near the limit of 24
 //! fetches a minute.)
 //!
+//! The log says how to rebuild a client, not what it is: a state is named by
+//! the client's save and a hash of its connection state
+//! ([`Client::hash_connection_state`]), so two paths that reached the same
+//! device (one of them through an input that changed nothing, or in another
+//! order) are one state. Only the quiesce phase's fast path, which skips the
+//! saves, names a client by its checkpoint and log.
+//!
 //! # Durability
 //! After each call the client is saved before its frames and events are
 //! processed, as the client's call-order contract requires, so a crash of a
@@ -155,7 +162,13 @@ pub struct ClientSlot {
     next_conn: u32,
     /// `poll_timeout` after the last input.
     timeout: Option<u64>,
-    /// Bytes of `base` and `log`, hashed once.
+    /// The hash of the client's connection state
+    /// ([`Client::hash_connection_state`]) when `saved` is current; then
+    /// `saved` and it identify the slot, and two paths that reached the same
+    /// device are one state. `None` (the quiesce phase's fast path does not
+    /// save): the slot is identified by `base` and `log`, exactly.
+    conn_state: Option<u64>,
+    /// The slot's identity, hashed once.
     digest: u64,
 }
 
@@ -168,6 +181,7 @@ impl ClientSlot {
             conn: None,
             next_conn: 0,
             timeout: None,
+            conn_state: None,
             digest: 0,
         };
         s.rehash();
@@ -176,8 +190,16 @@ impl ClientSlot {
 
     fn rehash(&mut self) {
         let mut h = DefaultHasher::new();
-        self.base.hash(&mut h);
-        self.log.hash(&mut h);
+        match self.conn_state {
+            Some(conn_state) => {
+                self.saved.hash(&mut h);
+                conn_state.hash(&mut h);
+            }
+            None => {
+                self.base.hash(&mut h);
+                self.log.hash(&mut h);
+            }
+        }
         self.conn.hash(&mut h);
         self.next_conn.hash(&mut h);
         self.digest = h.finish();
@@ -469,6 +491,9 @@ pub struct Setup {
     warm_up_configs: Vec<ClientConfig>,
     /// Every account's user id, by index ([`USER_NAMES`]).
     users: Vec<UserId>,
+    /// Whether the history keeps the envelopes each device received and the
+    /// ratchet keys seen and used ([`Setup::records_keys`]).
+    records_keys: bool,
 }
 
 /// Why a model cannot be built.
@@ -538,7 +563,21 @@ impl Setup {
             .iter()
             .map(|c: &ClientConfig| ClientConfig { bugs: ClientBugs::none(), ..c.clone() })
             .collect();
-        Ok(Setup { config, client_configs, server_config, warm_up_configs, users })
+        let records_keys = Self::records_keys(&config);
+        Ok(Setup { config, client_configs, server_config, warm_up_configs, users, records_keys })
+    }
+
+    /// Only the adversary's checks, key reuse and the DH-step guard read the
+    /// received envelopes and ratchet keys. Kept in a configuration that
+    /// checks none of them, they would tell apart states that behave the
+    /// same (the envelope list is in arrival order, so every interleaving of
+    /// two devices' deliveries would count twice) without any property
+    /// reading the difference.
+    fn records_keys(config: &ModelConfig) -> bool {
+        let keyed = [Check::ForwardSecrecy, Check::Healing, Check::NoKeyReuse, Check::DhStep];
+        config.adversary.steal
+            || config.adversary.restore_backup
+            || keyed.iter().any(|c| config.checks.contains(&c.name()))
     }
 
     /// The user id of account `i`.
@@ -808,6 +847,7 @@ impl<'s> Exec<'s> {
     /// The driver's half of the client's call order: save, then drain.
     fn after_client(&mut self, i: usize) {
         let fast = self.fast;
+        let now = self.st.now;
         let Some(Some(c)) = self.live.get_mut(i) else { return };
         let saved = if fast { None } else { Some(c.save()) };
         let timeout = c.poll_timeout();
@@ -819,6 +859,8 @@ impl<'s> Exec<'s> {
         while let Some(e) = c.poll_event() {
             events.push(e);
         }
+        // Drained, as every replay of the log leaves it.
+        let conn_state = (!fast).then(|| connection_hash(c, now));
         let settled = !fast && c.is_ready() && timeout.is_none();
         let conn = if let Some(slot) = self.st.clients.get_mut(i) {
             let s = Arc::make_mut(slot);
@@ -826,6 +868,7 @@ impl<'s> Exec<'s> {
                 s.saved = saved;
             }
             s.timeout = timeout;
+            s.conn_state = conn_state;
             s.conn
         } else {
             None
@@ -886,10 +929,14 @@ impl<'s> Exec<'s> {
         if emitted || !c.is_ready() || c.poll_timeout().is_some() || c.save() != slot.saved {
             return;
         }
+        // From here on the state holds the rebuilt client, not the live one
+        // (their pacers may differ), so the slot is named after it.
+        let conn_state = connection_hash(&c, self.st.now);
         if let Some(slot) = self.st.clients.get_mut(i) {
             let s = Arc::make_mut(slot);
             s.base = s.saved.clone();
             s.log = log;
+            s.conn_state = Some(conn_state);
         }
     }
 
@@ -916,6 +963,8 @@ impl<'s> Exec<'s> {
         s.base = s.saved.clone();
         s.log.clear();
         s.timeout = None;
+        // A restore from `saved` starts with no connection state at all.
+        s.conn_state = (!self.fast).then_some(0);
         if let Some(l) = self.live.get_mut(i) {
             *l = None;
         }
@@ -1278,9 +1327,12 @@ impl<'s> Exec<'s> {
             || h.envelopes.iter().any(|(to, f)| *to == account && same_message(f, &e));
         if seen {
             self.reach(Check::Dedup);
-        } else {
+        } else if self.setup.records_keys {
             let enc: Frame = wire::encode(&e).into();
             Arc::make_mut(&mut self.st.hist).envelopes.push((account, enc));
+        }
+        if !self.setup.records_keys {
+            return;
         }
         if let Some((dh, _)) = ratchet_header(e.kind, &e.ciphertext) {
             let h = Arc::make_mut(&mut self.st.hist);
@@ -1326,7 +1378,7 @@ impl<'s> Exec<'s> {
             }
             _ => return,
         };
-        if let Some((dh, n)) = ratchet_header(kind, ciphertext) {
+        if let Some((dh, n)) = ratchet_header(kind, ciphertext).filter(|_| self.setup.records_keys) {
             let digest = hash_bytes(ciphertext);
             let h = Arc::make_mut(&mut self.st.hist);
             match h.message_keys.insert((account, dh, n), digest) {
@@ -1512,6 +1564,7 @@ impl<'s> Exec<'s> {
             s.base = t.stolen.clone();
             s.saved = t.stolen.clone();
             s.timeout = None;
+            s.conn_state = Some(0);
         }
         if let Some(t) = self.st.thief.as_mut() {
             Arc::make_mut(t).restored = true;
@@ -1794,6 +1847,12 @@ impl<'s> Exec<'s> {
         self.rehash();
         self.st
     }
+}
+
+fn connection_hash(c: &Client, now: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    c.hash_connection_state(now, &mut h);
+    h.finish()
 }
 
 fn same_message(encoded: &[u8], e: &Envelope) -> bool {

@@ -98,7 +98,7 @@ impl MediaQueues {
 }
 
 /// The download in progress on this connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct Fetching {
     /// The blob requested.
     blob: Option<BlobId>,
@@ -109,7 +109,7 @@ pub(crate) struct Fetching {
 }
 
 /// Volatile media state: what was sent on the current connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct MediaVolatile {
     /// The blob id of the upload sent on this connection, and when.
     upload: Option<(BlobId, u64)>,

@@ -34,6 +34,7 @@ mod tests;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::hash::Hasher;
 
 use bluetick_crypto::prekeys::{verify_bundle, BundledOneTimePreKey, PreKeyBundle, PreKeyStore};
 use bluetick_crypto::sender_key::{
@@ -510,7 +511,7 @@ struct State {
 }
 
 /// Where the connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 enum Conn {
     #[default]
     Offline,
@@ -525,7 +526,7 @@ enum Conn {
 
 /// A FetchBundle in flight (`request` set) or recently failed (`None`: the
 /// next try waits for the resend timer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 struct BundleRequest {
     request: Option<u32>,
     sent_at_ms: u64,
@@ -535,7 +536,7 @@ struct BundleRequest {
 /// does not answer an upload, so our own bundle is the evidence: once it
 /// carries our current signed prekey, the upload landed. Fetching it hands us
 /// one of our own one-time prekeys, which we then delete so none is wasted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct SelfFetch {
     /// The fetch's request id; `None` once answered with a stale bundle (the
     /// timer then uploads and fetches again).
@@ -546,7 +547,8 @@ struct SelfFetch {
 }
 
 /// Connection state and outputs: lost with the connection or a crash.
-#[derive(Debug, Default)]
+/// Serializable only so that [`Client::hash_connection_state`] can hash it.
+#[derive(Debug, Default, Serialize)]
 struct Volatile {
     conn: Conn,
     transmits: VecDeque<ClientFrame>,
@@ -577,6 +579,9 @@ struct Volatile {
     /// How many frames the pacer still held at the end of the last call.
     carried: usize,
     /// This connection's send budget (created full at its first use).
+    /// Left out of the encoding: [`Client::hash_connection_state`] hashes
+    /// what it holds at a given time instead.
+    #[serde(skip)]
     pacer: Option<pacer::Pacer>,
 }
 
@@ -745,6 +750,24 @@ impl Client {
         let bytes = postcard::to_extend(&self.state, buffer).unwrap_or_default();
         self.save_len.set(bytes.len());
         SavedClient { bytes }
+    }
+
+    /// Feeds the connection state — everything [`Client::save`] leaves out:
+    /// the login, what was sent on this connection and when, pending
+    /// requests, held frames, undrained outputs — to `state`. With the save,
+    /// it identifies the client by what it is rather than by the inputs that
+    /// led there, so a model checker can merge two paths that reached the
+    /// same device (the server's counterpart is `Server::hash_state`).
+    /// `now_ms` is the time of the next input: the send budget is hashed as
+    /// it stands then, because two budgets that hold the same at that time
+    /// (one refilled long ago, one spent less) behave the same from then on.
+    pub fn hash_connection_state<H: Hasher>(&self, now_ms: u64, state: &mut H) {
+        // postcard fails only on a sequence of unknown length, which a
+        // derived `Serialize` never produces.
+        state.write(&postcard::to_allocvec(&self.vol).unwrap_or_default());
+        // A budget not yet created is created full at its first use.
+        let budget = self.vol.pacer.map_or_else(|| self.config.pace.cap(), |p| p.at(now_ms));
+        state.write_u64(budget);
     }
 
     /// Whether [`Client::save`] may differ from the last save (conservative:

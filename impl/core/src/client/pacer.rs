@@ -24,7 +24,7 @@ pub const PACE_BURST: u64 = FRAMES_BURST_MAX as u64 * 3 / 4;
 const MILLI: u64 = 1000;
 
 /// A client's send budget on one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Pace {
     /// Frames a second on average (0 is taken as 1).
     pub per_second: u64,
@@ -44,7 +44,7 @@ impl Pace {
         self.per_second.max(1)
     }
 
-    fn cap(self) -> u64 {
+    pub(crate) fn cap(self) -> u64 {
         self.burst.max(1) * MILLI
     }
 }
@@ -74,6 +74,13 @@ impl Pacer {
         self.at_ms = self.at_ms.max(now_ms);
         self.milli_tokens =
             self.milli_tokens.saturating_add(elapsed.saturating_mul(self.pace.rate())).min(self.pace.cap());
+    }
+
+    /// The budget in thousandths of a frame at `now_ms` (no later input
+    /// before it), which is all its future behaviour depends on.
+    pub(crate) fn at(mut self, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        self.milli_tokens
     }
 
     /// How many of `want` frames may go now (and takes their tokens).

@@ -27,7 +27,7 @@ pub(crate) struct PresenceWishes {
 }
 
 /// What was sent on the current connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub(crate) struct PresenceVolatile {
     privacy_sent: bool,
     /// When the subscription went out on this connection.

@@ -1340,3 +1340,32 @@ fn bundle_fetches_held_by_the_rate_limit_go_when_the_window_passes() {
     net.advance(BUNDLE_FETCH_WINDOW_MS + 1);
     assert_eq!(reached(&net), contacts);
 }
+
+fn connection_hash(c: &Client) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    c.hash_connection_state(T0, &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
+#[test]
+fn the_connection_state_hash_follows_the_state_not_the_inputs() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.pump();
+    let idle = connection_hash(net.client("bob"));
+    assert_eq!(net.client("bob").poll_timeout(), None, "nothing is due on an idle connection");
+    // An input that changes nothing (a timer with nothing due) leaves the
+    // same connection state, so a model checker sees one state, not two.
+    net.call("bob", |c, now| c.handle_timeout(now));
+    assert_eq!(connection_hash(net.client("bob")), idle);
+    // A send in flight on this connection is part of it.
+    net.call("bob", |c, now| c.send_text(&u("alice"), b"hi", now)).unwrap();
+    let in_flight = connection_hash(net.client("bob"));
+    assert_ne!(in_flight, idle);
+    // A copy restored from the save has no connection state at all.
+    let restored = Client::restore(net.nodes[&u("bob")].config.clone(), &net.client("bob").save()).unwrap();
+    assert_ne!(connection_hash(&restored), in_flight);
+    assert_eq!(
+        connection_hash(&restored),
+        connection_hash(&Client::restore(net.nodes[&u("bob")].config.clone(), &net.client("bob").save()).unwrap())
+    );
+}
