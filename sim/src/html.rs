@@ -13,6 +13,7 @@
 //!
 //! Like the other report files, the page is a function of the outcome only.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -39,35 +40,30 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 260.0;
 const MARGIN: f64 = 48.0;
 
-/// One trace line, split into its `key=value` fields.
+/// One trace line. The strings borrow from the trace's bytes (unless a JSON
+/// escape needs a copy) and the `key=value` fields are looked up in place:
+/// a long run has millions of lines, and an owned copy and a field map for
+/// each made this page take about a tenth of the run.
+#[derive(serde::Deserialize)]
 struct Line<'a> {
     at_ms: u64,
-    event: String,
-    fields: BTreeMap<&'a str, &'a str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    detail: Cow<'a, str>,
 }
 
-fn fields(detail: &str) -> BTreeMap<&str, &str> {
-    detail.split(' ').filter_map(|kv| kv.split_once('=')).collect()
+impl Line<'_> {
+    /// The value of `key=` in the detail (the last one, should a key repeat).
+    fn get(&self, key: &str) -> Option<&str> {
+        self.detail.rsplit(' ').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
 }
 
 /// The page for `o`.
 pub fn html(o: &RunOutcome) -> String {
-    let raw: Vec<(u64, String, String)> = o
-        .trace_jsonl
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            Some((
-                v.get("at_ms")?.as_u64()?,
-                v.get("event")?.as_str()?.to_owned(),
-                v.get("detail")?.as_str()?.to_owned(),
-            ))
-        })
-        .collect();
-    let lines: Vec<Line<'_>> = raw
-        .iter()
-        .map(|(at_ms, event, detail)| Line { at_ms: *at_ms, event: event.clone(), fields: fields(detail) })
-        .collect();
+    let lines: Vec<Line<'_>> =
+        o.trace_jsonl.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect();
 
     let mut s = String::new();
     let verdict = if o.passed { "PASSED" } else { "FAILED" };
@@ -164,12 +160,33 @@ fn verdict_table(s: &mut String, o: &RunOutcome) {
     }
 }
 
+/// A trace value as a map key. Ids and user names are short, and packed
+/// into an integer they compare without going back to the trace: as `&str`
+/// keys, every comparison read a far part of a trace of hundreds of
+/// megabytes, and the maps below cost more than parsing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    /// Up to 15 bytes, then zeros, the length in the last byte.
+    Packed(u128),
+    Long(&'a str),
+}
+
+fn key(s: &str) -> Key<'_> {
+    if s.len() >= 16 {
+        return Key::Long(s);
+    }
+    let mut b = [0u8; 16];
+    b[..s.len()].copy_from_slice(s.as_bytes());
+    b[15] = s.len() as u8;
+    Key::Packed(u128::from_le_bytes(b))
+}
+
 /// Send time and sender of each message id.
-fn sends<'a>(lines: &[Line<'a>]) -> BTreeMap<&'a str, (u64, &'a str)> {
+fn sends<'a>(lines: &'a [Line<'_>]) -> BTreeMap<Key<'a>, (u64, &'a str)> {
     let mut out = BTreeMap::new();
     for l in lines.iter().filter(|l| l.event == "send") {
-        if let (Some(id), Some(from)) = (l.fields.get("id"), l.fields.get("from")) {
-            out.entry(*id).or_insert((l.at_ms, *from));
+        if let (Some(id), Some(from)) = (l.get("id"), l.get("from")) {
+            out.entry(key(id)).or_insert((l.at_ms, from));
         }
     }
     out
@@ -182,13 +199,13 @@ struct Delivery<'a> {
     latency_ms: u64,
 }
 
-fn latencies<'a>(lines: &[Line<'a>], sends: &BTreeMap<&'a str, (u64, &'a str)>) -> Vec<Delivery<'a>> {
+fn latencies<'a>(lines: &'a [Line<'_>], sends: &BTreeMap<Key<'a>, (u64, &'a str)>) -> Vec<Delivery<'a>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for l in lines.iter().filter(|l| l.event == "app" && l.fields.get("event") == Some(&"message")) {
-        let (Some(id), Some(user)) = (l.fields.get("id"), l.fields.get("user")) else { continue };
-        let Some((sent, _)) = sends.get(id) else { continue };
-        if seen.insert((*id, *user)) {
+    for l in lines.iter().filter(|l| l.event == "app" && l.get("event") == Some("message")) {
+        let (Some(id), Some(user)) = (l.get("id"), l.get("user")) else { continue };
+        let Some((sent, _)) = sends.get(&key(id)) else { continue };
+        if seen.insert((key(id), key(user))) {
             out.push(Delivery { id, user, latency_ms: l.at_ms.saturating_sub(*sent) });
         }
     }
@@ -305,10 +322,10 @@ fn over_time(lines: &[Line<'_>]) -> String {
     ];
     for l in lines {
         let b = usize::try_from((l.at_ms - t0) / bin_ms).unwrap_or(0).min(bins - 1);
-        let slot = match (l.event.as_str(), l.fields.get("kind"), l.fields.get("fate"), l.fields.get("dir")) {
-            ("app", _, _, _) if l.fields.get("event") == Some(&"message") => Some(0),
-            ("frame", _, Some(&"dropped"), _) => Some(2),
-            ("frame", Some(&"deliver-envelope"), _, Some(&"to-client")) => Some(1),
+        let slot = match l.event.as_ref() {
+            "app" if l.get("event") == Some("message") => Some(0),
+            "frame" if l.get("fate") == Some("dropped") => Some(2),
+            "frame" if l.get("kind") == Some("deliver-envelope") && l.get("dir") == Some("to-client") => Some(1),
             _ => None,
         };
         if let Some(i) = slot {
@@ -358,45 +375,34 @@ fn over_time(lines: &[Line<'_>]) -> String {
     s
 }
 
-fn sequence(lines: &[Line<'_>], sends: &BTreeMap<&str, (u64, &str)>, d: &[Delivery<'_>]) -> String {
+fn sequence(lines: &[Line<'_>], sends: &BTreeMap<Key<'_>, (u64, &str)>, d: &[Delivery<'_>]) -> String {
     // The slowest message is the one a reader most wants to see explained.
     let Some(slow) = d.iter().max_by_key(|d| (d.latency_ms, std::cmp::Reverse((d.id, d.user)))) else {
         return empty_plot("delivered messages");
     };
-    let Some(&(sent_at, sender)) = sends.get(slow.id) else { return empty_plot("delivered messages") };
+    let Some(&(sent_at, sender)) = sends.get(&key(slow.id)) else { return empty_plot("delivered messages") };
     let recipient = slow.user;
-    let last_status = lines
-        .iter()
-        .filter(|l| {
-            l.event == "status" && l.fields.get("id") == Some(&slow.id) && l.fields.get("peer") == Some(&recipient)
-        })
-        .map(|l| l.at_ms)
-        .max()
-        .unwrap_or(sent_at + slow.latency_ms);
-    let status_at = |want: &str| {
-        lines
-            .iter()
-            .find(|l| {
-                l.event == "status"
-                    && l.fields.get("id") == Some(&slow.id)
-                    && l.fields.get("peer") == Some(&recipient)
-                    && l.fields.get("status") == Some(&want)
-            })
-            .map(|l| l.at_ms)
-    };
+    // The message's last tick and its first `Sent`, in one pass of the trace.
+    let (mut last_tick, mut sent_tick) = (None, None);
+    for l in
+        lines.iter().filter(|l| l.event == "status" && l.get("id") == Some(slow.id) && l.get("peer") == Some(recipient))
+    {
+        last_tick = last_tick.max(Some(l.at_ms));
+        if sent_tick.is_none() && l.get("status") == Some("Sent") {
+            sent_tick = Some(l.at_ms);
+        }
+    }
+    let last_status = last_tick.unwrap_or(sent_at + slow.latency_ms);
     let app_at = sent_at + slow.latency_ms;
     // The server cannot deliver what it has not received: the recipient's
     // delivery phase starts with the sender's first send frame.
     let first_send_frame = lines
         .iter()
         .find(|l| {
-            l.at_ms >= sent_at
-                && l.event == "frame"
-                && l.fields.get("user") == Some(&sender)
-                && l.fields.get("kind") == Some(&"send")
+            l.at_ms >= sent_at && l.event == "frame" && l.get("user") == Some(sender) && l.get("kind") == Some("send")
         })
         .map_or(sent_at, |l| l.at_ms);
-    let server_acked = status_at("Sent").unwrap_or(app_at).min(app_at);
+    let server_acked = sent_tick.unwrap_or(app_at).min(app_at);
     // Frames carry no message id in the trace, so each phase only shows the
     // frames that can belong to it: the sender's sends until the server-ack,
     // the recipient's deliveries and acks until the app has it, then the
@@ -409,8 +415,7 @@ fn sequence(lines: &[Line<'_>], sends: &BTreeMap<&str, (u64, &str)>, d: &[Delive
     };
     let mut rows: Vec<(u64, String, Arrow)> = Vec::new();
     for l in lines.iter().filter(|l| l.at_ms >= sent_at && l.at_ms <= last_status) {
-        let f = &l.fields;
-        let user = f.get("user").copied().unwrap_or_default();
+        let user = l.get("user").unwrap_or_default();
         let lane = if user == sender {
             Lane::Sender
         } else if user == recipient {
@@ -420,17 +425,17 @@ fn sequence(lines: &[Line<'_>], sends: &BTreeMap<&str, (u64, &str)>, d: &[Delive
             // drawn on the server's lane.
             Lane::Server
         };
-        match l.event.as_str() {
+        match l.event.as_ref() {
             "frame"
-                if PATH_KINDS.contains(f.get("kind").unwrap_or(&""))
+                if PATH_KINDS.contains(&l.get("kind").unwrap_or(""))
                     && lane != Lane::Server
-                    && phase_of(lane == Lane::Sender, f.get("kind").unwrap_or(&""), l.at_ms) =>
+                    && phase_of(lane == Lane::Sender, l.get("kind").unwrap_or(""), l.at_ms) =>
             {
-                let kind = f.get("kind").copied().unwrap_or_default();
-                let to_server = f.get("dir") == Some(&"to-server");
-                let dropped = f.get("fate") == Some(&"dropped");
+                let kind = l.get("kind").unwrap_or_default();
+                let to_server = l.get("dir") == Some("to-server");
+                let dropped = l.get("fate") == Some("dropped");
                 let (from, to) = if to_server { (lane, Lane::Server) } else { (Lane::Server, lane) };
-                let delay = f.get("delay").and_then(|d| d.parse::<u64>().ok());
+                let delay = l.get("delay").and_then(|d| d.parse::<u64>().ok());
                 let label = match (dropped, delay) {
                     (true, _) => format!("{kind} ✗ dropped"),
                     (false, Some(d)) => format!("{kind} ({d} ms)"),
@@ -438,20 +443,20 @@ fn sequence(lines: &[Line<'_>], sends: &BTreeMap<&str, (u64, &str)>, d: &[Delive
                 };
                 rows.push((l.at_ms, label, Arrow::Frame { from, to, dropped }));
             }
-            "send" if f.get("id") == Some(&slow.id) => {
+            "send" if l.get("id") == Some(slow.id) => {
                 rows.push((l.at_ms, "app sends".to_owned(), Arrow::Note(Lane::Sender)))
             }
-            "app" if f.get("id") == Some(&slow.id) && user == recipient => {
+            "app" if l.get("id") == Some(slow.id) && user == recipient => {
                 rows.push((l.at_ms, "shown to the app".to_owned(), Arrow::Note(Lane::Recipient)));
             }
-            "status" if f.get("id") == Some(&slow.id) && f.get("peer") == Some(&recipient) => {
-                let st = f.get("status").copied().unwrap_or_default();
+            "status" if l.get("id") == Some(slow.id) && l.get("peer") == Some(recipient) => {
+                let st = l.get("status").unwrap_or_default();
                 rows.push((l.at_ms, format!("tick: {st}"), Arrow::Note(Lane::Sender)));
             }
             "crash-client" | "crash-server" | "disconnect" | "connect" | "online"
                 if lane != Lane::Server || l.event == "crash-server" =>
             {
-                rows.push((l.at_ms, l.event.clone(), Arrow::Note(lane)));
+                rows.push((l.at_ms, l.event.to_string(), Arrow::Note(lane)));
             }
             _ => {}
         }
@@ -622,6 +627,23 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_split_at_the_first_equals_sign_and_the_last_of_a_key_wins() {
+        let l = Line { at_ms: 0, event: Cow::Borrowed("x"), detail: Cow::Borrowed("a=1 flag a=2 c=x=y d=") };
+        assert_eq!((l.get("a"), l.get("c"), l.get("d")), (Some("2"), Some("x=y"), Some("")));
+        assert_eq!((l.get("flag"), l.get("x")), (None, None));
+    }
+
+    #[test]
+    fn packed_keys_tell_apart_what_the_strings_do() {
+        let words = ["", "a", "a\0", "m:5cce1f4d", "fifteen-bytes!!", "sixteen-bytes!!!", "sixteen-bytes!!?"];
+        for a in words {
+            for b in words {
+                assert_eq!(key(a) == key(b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn latencies_count_each_recipient_once_from_the_first_send() {
         let trace = [
             (10, "send", "from=a to=b id=m:1 len=3"),
@@ -630,8 +652,10 @@ mod tests {
             (90, "app", "user=b event=message from=a id=m:1 len=3"),
             (95, "app", "user=c event=message from=a id=m:9 len=3"),
         ];
-        let lines: Vec<Line<'_>> =
-            trace.iter().map(|(at, e, d)| Line { at_ms: *at, event: (*e).to_owned(), fields: fields(d) }).collect();
+        let lines: Vec<Line<'_>> = trace
+            .iter()
+            .map(|(at, e, d)| Line { at_ms: *at, event: Cow::Borrowed(e), detail: Cow::Borrowed(d) })
+            .collect();
         let s = sends(&lines);
         let d = latencies(&lines, &s);
         assert_eq!(d.len(), 1, "a redelivery and an unknown id add nothing");
