@@ -41,7 +41,7 @@ use std::time::Duration;
 use bluetick_core::client::{AppEvent, Client, ClientConfig, ClientError, RestoreError, SavedClient};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
 use bluetick_core::wire::{self, ClientFrame, ServerFrame, Visibility};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand_core::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -81,6 +81,13 @@ pub const FATE_COPIES_MAX: usize = 4;
 /// Past this, further delayed frames are lost instead (which the protocol
 /// survives), so a tap delaying everything cannot grow memory without bound.
 pub const HELD_FRAMES_MAX: usize = 4_096;
+
+/// Server frames already received that are handled together, before one
+/// save. A save per frame re-encoded the whole client state (a 1,024-member
+/// group's status book) for every receipt of a burst. Handling a batch then
+/// saving keeps the durability contract: a crash before the save loses the
+/// batch's effects and its outputs together, as it would one frame's.
+pub const RECEIVE_BATCH_MAX: usize = 64;
 
 /// What the app hears from the client task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -812,27 +819,58 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
                     }
                     None => break End::Stop,
                 },
-                next = tokio::time::timeout_at(idle_deadline, read.next()) => match next {
-                    Ok(Some(Ok(Message::Binary(b)))) => match wire::decode::<ServerFrame>(&b) {
-                        Ok(frame) => {
-                            idle_deadline = Instant::now() + self.options.idle_timeout;
-                            self.receive(frame, &mut link);
+                next = tokio::time::timeout_at(idle_deadline, read.next()) => {
+                    // Messages already received join this one before the
+                    // next save (see RECEIVE_BATCH_MAX).
+                    let mut next = Some(next);
+                    let mut handled = 0;
+                    let mut ended = None;
+                    while let Some(n) = next.take() {
+                        ended = self.on_read(n, &mut link, &mut idle_deadline);
+                        handled += 1;
+                        if ended.is_some() || handled >= RECEIVE_BATCH_MAX {
+                            break;
                         }
-                        // A server we cannot understand: reconnecting is all
-                        // we can do, and its frames will come again.
-                        Err(e) => break End::Lost(format!("undecodable frame from the server: {e}")),
-                    },
-                    Ok(Some(Ok(Message::Close(_))) | None) => break End::Lost("closed by the server".into()),
-                    Ok(Some(Ok(_))) => idle_deadline = Instant::now() + self.options.idle_timeout,
-                    Ok(Some(Err(e))) => break End::Lost(format!("read failed: {e}")),
-                    Err(_) => break End::Lost("server silent for too long".into()),
-                },
+                        next = read.next().now_or_never().map(Ok);
+                    }
+                    if let Some(end) = ended {
+                        break end;
+                    }
+                }
             }
         };
         let now = self.now();
         self.client.handle_disconnected(now);
         let _ = tokio::time::timeout(WRITE_TIMEOUT, link.sink.close()).await;
         Ok(end)
+    }
+
+    /// Handles one read from the connection; `Some` when it ends it.
+    fn on_read(
+        &mut self,
+        next: Result<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>, tokio::time::error::Elapsed>,
+        link: &mut Link<C::Stream>,
+        idle_deadline: &mut Instant,
+    ) -> Option<End> {
+        match next {
+            Ok(Some(Ok(Message::Binary(b)))) => match wire::decode::<ServerFrame>(&b) {
+                Ok(frame) => {
+                    *idle_deadline = Instant::now() + self.options.idle_timeout;
+                    self.receive(frame, link);
+                    None
+                }
+                // A server we cannot understand: reconnecting is all we can
+                // do, and its frames will come again.
+                Err(e) => Some(End::Lost(format!("undecodable frame from the server: {e}"))),
+            },
+            Ok(Some(Ok(Message::Close(_))) | None) => Some(End::Lost("closed by the server".into())),
+            Ok(Some(Ok(_))) => {
+                *idle_deadline = Instant::now() + self.options.idle_timeout;
+                None
+            }
+            Ok(Some(Err(e))) => Some(End::Lost(format!("read failed: {e}"))),
+            Err(_) => Some(End::Lost("server silent for too long".into())),
+        }
     }
 
     /// Hands a received frame to the core, as the tap decides.
@@ -858,6 +896,19 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
             o.frame_in(&frame, now);
         }
         self.client.handle_frame(frame, now);
+        // Frames are sealed for the state right after this input; a later
+        // input of the same batch may change it before the pump shows them.
+        self.observe_queued();
+    }
+
+    /// Shows the observer every frame waiting to be sent.
+    fn observe_queued(&self) {
+        if let Some(o) = &self.options.observer {
+            let now = self.now();
+            for frame in self.client.queued_transmits() {
+                o.frame_out(frame, &self.client, now);
+            }
+        }
     }
 
     /// Sends and feeds every held frame that is due.
@@ -1012,13 +1063,9 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
             self.save().await?;
         }
         let mut broken = Ok(());
-        if let Some(o) = &self.options.observer {
-            // Before the pacer lets them go, while the state that sealed them
-            // is current; frames it holds are shown again on later pumps.
-            for frame in self.client.queued_transmits() {
-                o.frame_out(frame, &self.client, self.now());
-            }
-        }
+        // Before the pacer lets them go, while the state that sealed them is
+        // current; frames it holds are shown again on later pumps.
+        self.observe_queued();
         while let Some(frame) = self.client.poll_transmit() {
             let Some(link) = link.as_deref_mut() else { continue };
             if broken.is_err() {
