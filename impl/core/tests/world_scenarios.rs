@@ -95,7 +95,13 @@ fn a_targeted_fault_fires_is_counted_and_traced_and_delivery_survives_it() {
     assert!(counts.frame_faults[dup].duplicated > 0 && counts.frame_faults[dup].delayed > 0);
     assert!(counts.frames_duplicated >= counts.frame_faults[dup].duplicated, "{counts:?}");
     assert!(w.trace().iter().any(|t| t.detail.contains("kind=delivery-ack") && t.detail.contains("fate=dropped")));
+    assert!(counts.frames_delayed >= counts.frame_faults[dup].delayed, "{counts:?}");
+    let cleared = |w: &World| w.trace().iter().filter(|t| t.event == "frame-faults-cleared").count();
+    assert_eq!(cleared(&w), 0);
     w.clear_frame_faults();
+    assert_eq!(cleared(&w), 1, "noted when armed faults are cleared");
+    w.clear_frame_faults();
+    assert_eq!(cleared(&w), 1, "not noted when there were none");
     finish_clean(&mut w);
     for id in ids {
         assert_eq!(w.history().received.get(&(u[1].clone(), id)), Some(&1));
@@ -608,4 +614,68 @@ fn a_backlog_drains_without_tripping_the_servers_frame_limit() {
     let stats = w.server().stats();
     assert_eq!(stats.errors.get(&ErrorCode::LimitExceeded), None, "{:?}", stats.errors);
     assert!(stats.acked >= 600);
+}
+
+/// Attachments of a run are told apart by their first bytes, across
+/// messages and across runs.
+#[test]
+fn attachment_bytes_differ_per_message_and_per_run() {
+    let mut firsts = std::collections::BTreeSet::new();
+    for seed in 0..4 {
+        for n in 0..64 {
+            let bytes = media_bytes(seed, n, 16);
+            assert_eq!(bytes.len(), 16);
+            assert!(firsts.insert(bytes), "seed {seed}, message {n} repeats another attachment");
+        }
+    }
+    assert_eq!(media_bytes(3, 5, 100), media_bytes(3, 5, 100), "deterministic");
+}
+
+/// Right after a followed user's presence changes, the pair is excused,
+/// not judged; once quiet for the settle time it is judged.
+#[test]
+fn presence_pairs_not_yet_settled_are_excused_then_judged() {
+    let (mut w, u) = world(21, |_| {});
+    assert!(w.subscribe_presence(&u[0], &[u[1].clone(), u[2].clone()]));
+    w.run_for(w.presence_settle_ms() + 1_000);
+    w.disconnect(&u[1]);
+    w.run_for(500);
+    let before = w.history().counts.clone();
+    assert!(w.check_presence().is_empty());
+    let after = w.history().counts.clone();
+    assert_eq!(after.presence_pairs_excused - before.presence_pairs_excused, 1, "{after:?}");
+    assert_eq!(after.presence_pairs_checked - before.presence_pairs_checked, 1, "u2 is quiet");
+    w.run_for(w.presence_settle_ms() + 1_000);
+    let before = w.history().counts.clone();
+    assert!(w.check_presence().is_empty());
+    let after = w.history().counts.clone();
+    assert_eq!(after.presence_pairs_checked - before.presence_pairs_checked, 2, "{after:?}");
+    assert_eq!(after.presence_pairs_excused, before.presence_pairs_excused);
+}
+
+/// A push the network delays may land after a newer one and leave the app
+/// showing the older presence; only the next subscribe reply (a full
+/// refresh) makes the pair judged again, not another push.
+#[test]
+fn a_push_overtaken_by_a_newer_one_keeps_its_pair_excused() {
+    let (mut w, u) = world(22, |_| {});
+    assert!(w.subscribe_presence(&u[0], &[u[1].clone()]));
+    w.run_for(w.presence_settle_ms() + 1_000);
+    let slow = w.add_frame_fault(FrameFault {
+        kind: Some("presence".into()),
+        direction: Some(Direction::ToClient),
+        user: Some(u[0].clone()),
+        drop_per_mille: 0,
+        duplicate_per_mille: 0,
+        delay_ms: 12_000,
+    });
+    w.disconnect(&u[1]);
+    w.run_for(500);
+    w.clear_frame_faults();
+    w.run_for(1_000);
+    w.connect(&u[1]);
+    w.run_for(30_000);
+    assert!(w.history().counts.frame_faults[slow].delayed > 0, "the push went out late");
+    let now = w.check_presence();
+    assert!(now.is_empty(), "{now:#?}");
 }

@@ -383,6 +383,11 @@ mod tests {
                 let _ = split_prekey(&bytes[..cut]);
             }
             assert!(split_prekey(&bytes[..50]).is_err());
+            // A whole header with nothing after it is not short: the header
+            // parses and the missing message is what is reported.
+            let header_len = if otk.is_some() { INITIAL_HEADER_LEN_MAX } else { INITIAL_HEADER_LEN_MIN };
+            assert!(matches!(split_prekey(&bytes[..header_len]), Err(ContentError::Header { .. })));
+            assert!(matches!(split_prekey(&bytes[..header_len - 1]), Err(ContentError::ShortPreKey { .. })));
         }
     }
 

@@ -381,6 +381,12 @@ mod tests {
         );
         let again = signed(&id, 2, &["m0002", "m0003"], &[]);
         assert_eq!(g.check(CipherSuite::BluetickV1, &again, &u("m0001"), key), Verdict::Apply);
+        // Removals count against additions: swapping a member keeps a full
+        // group full, and is allowed.
+        let swap = signed(&id, 2, &["newcomer"], &["m0002"]);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &swap, &u("m0001"), key), Verdict::Apply);
+        g.apply(&swap, &u("m0001"));
+        assert_eq!(g.groups[&GroupId([7; 16])].members.len(), GROUP_MEMBERS_MAX);
     }
 
     #[test]

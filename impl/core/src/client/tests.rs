@@ -1369,3 +1369,61 @@ fn the_connection_state_hash_follows_the_state_not_the_inputs() {
         connection_hash(&Client::restore(net.nodes[&u("bob")].config.clone(), &net.client("bob").save()).unwrap())
     );
 }
+
+/// A group's description is taken only from its admin and only when it
+/// lists both the admin and us: a list without its admin is ignored.
+#[test]
+fn group_info_that_leaves_out_its_admin_is_ignored() {
+    let mut bob = Client::new(ClientConfig::new(u("bob"), PRIMARY_DEVICE), 2, T0);
+    let g = GroupId([0x42; 16]);
+    bob.on_group_info(&u("alice"), g, 1, u("alice"), vec![u("bob"), u("carol")]);
+    assert!(bob.group(&g).is_none(), "alice is not in the list she sent");
+    bob.on_group_info(&u("alice"), g, 1, u("alice"), vec![u("alice"), u("carol")]);
+    assert!(bob.group(&g).is_none(), "bob is not in it either");
+    bob.on_group_info(&u("alice"), g, 1, u("alice"), vec![u("alice"), u("bob"), u("carol")]);
+    assert_eq!(bob.group(&g).map(|(v, m)| (v, m.len())), Some((1, 3)));
+}
+
+/// The app may follow exactly `SUBSCRIPTIONS_MAX` users, not one more.
+#[test]
+fn presence_subscriptions_are_capped_at_exactly_the_limit() {
+    use crate::server::presence::SUBSCRIPTIONS_MAX;
+    let mut alice = Client::new(ClientConfig::new(u("alice"), PRIMARY_DEVICE), 1, T0);
+    let users = |n: usize| (0..n).map(|i| u(&format!("p{i}"))).collect::<Vec<_>>();
+    alice.subscribe_presence(&users(SUBSCRIPTIONS_MAX), T0).unwrap();
+    assert_eq!(alice.presence_subscriptions().count(), SUBSCRIPTIONS_MAX);
+    assert!(matches!(
+        alice.subscribe_presence(&users(SUBSCRIPTIONS_MAX + 1), T0),
+        Err(ClientError::TooManySubscriptions { len, .. }) if len == SUBSCRIPTIONS_MAX + 1
+    ));
+    assert_eq!(alice.presence_subscriptions().count(), SUBSCRIPTIONS_MAX, "a refused list changes nothing");
+}
+
+/// A download whose chunks never come is retried `MEDIA_ATTEMPTS_MAX`
+/// times, then given up: the app is told the attachment could not be
+/// fetched, and nothing stays pending.
+#[test]
+fn a_download_that_never_progresses_is_given_up_and_reported() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    let id = net.call("alice", |c, now| c.send_media(&u("bob"), &[0x44; 1_000], now)).unwrap();
+    let no_chunks = |name: &UserId, frame: &ServerFrame| match frame {
+        ServerFrame::MediaChunk { .. } if *name == u("bob") => Fate::Drop,
+        _ => Fate::Deliver,
+    };
+    net.pump_with(no_chunks);
+    assert_eq!(net.client("bob").media_pending().1, 1, "the pointer arrived, the download waits");
+    for _ in 0..media::MEDIA_ATTEMPTS_MAX + 3 {
+        net.now += 60_000;
+        let now = net.now;
+        if net.client("bob").poll_timeout().is_some_and(|t| t <= now) {
+            net.call("bob", |c, now| c.handle_timeout(now));
+        }
+        net.pump_with(no_chunks);
+    }
+    assert_eq!(net.client("bob").media_pending(), (0, 0));
+    let events = &net.nodes[&u("bob")].events;
+    assert!(
+        events.iter().any(|e| matches!(e, AppEvent::Undecryptable { id: i, reason: UndecryptableReason::Media { .. }, .. } if *i == id)),
+        "{events:?}"
+    );
+}
