@@ -200,6 +200,19 @@ impl Net {
     }
 
     /// Moves the clock, fires due timers, and runs the network dry.
+    /// `rounds` times: the clock moves `step_ms`, `name`'s timer fires if
+    /// due, and the network runs with `fate`.
+    fn tick(&mut self, name: &str, rounds: u32, step_ms: u64, mut fate: impl FnMut(&UserId, &ServerFrame) -> Fate) {
+        for _ in 0..rounds {
+            self.now += step_ms;
+            let now = self.now;
+            if self.client(name).poll_timeout().is_some_and(|t| t <= now) {
+                self.call(name, |c, now| c.handle_timeout(now));
+            }
+            self.pump_with(&mut fate);
+        }
+    }
+
     fn advance(&mut self, ms: u64) {
         self.now += ms;
         let names: Vec<UserId> = self.nodes.keys().cloned().collect();
@@ -1162,14 +1175,7 @@ fn an_upload_never_confirmed_is_tried_a_bounded_number_of_times_then_expired() {
         _ => Fate::Deliver,
     };
     net.pump_with(no_receipt);
-    for _ in 0..media::MEDIA_ATTEMPTS_MAX + 3 {
-        net.now += 60_000;
-        let now = net.now;
-        if net.client("alice").poll_timeout().is_some_and(|t| t <= now) {
-            net.call("alice", |c, now| c.handle_timeout(now));
-        }
-        net.pump_with(no_receipt);
-    }
+    net.tick("alice", media::MEDIA_ATTEMPTS_MAX + 3, 60_000, no_receipt);
     let blobs = blobs_uploaded_by(&net, "alice");
     assert_eq!(blobs.len(), media::MEDIA_ATTEMPTS_MAX as usize);
     assert_eq!(net.client("alice").media_pending(), (0, 0));
@@ -1412,14 +1418,7 @@ fn a_download_that_never_progresses_is_given_up_and_reported() {
     };
     net.pump_with(no_chunks);
     assert_eq!(net.client("bob").media_pending().1, 1, "the pointer arrived, the download waits");
-    for _ in 0..media::MEDIA_ATTEMPTS_MAX + 3 {
-        net.now += 60_000;
-        let now = net.now;
-        if net.client("bob").poll_timeout().is_some_and(|t| t <= now) {
-            net.call("bob", |c, now| c.handle_timeout(now));
-        }
-        net.pump_with(no_chunks);
-    }
+    net.tick("bob", media::MEDIA_ATTEMPTS_MAX + 3, 60_000, no_chunks);
     assert_eq!(net.client("bob").media_pending(), (0, 0));
     let events = &net.nodes[&u("bob")].events;
     assert!(
