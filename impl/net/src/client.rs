@@ -36,12 +36,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bluetick_core::client::{AppEvent, Client, ClientConfig, ClientError, RestoreError, SavedClient};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
 use bluetick_core::wire::{self, ClientFrame, ServerFrame, Visibility};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use rand_core::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -828,10 +829,20 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
                     while let Some(n) = next.take() {
                         ended = self.on_read(n, &mut link, &mut idle_deadline);
                         handled += 1;
-                        if ended.is_some() || handled >= RECEIVE_BATCH_MAX {
+                        // The login's Welcome ends a batch, so the app hears
+                        // `Online` before anything this connection delivers.
+                        let logged_in = !self.online && self.client.is_ready();
+                        if ended.is_some() || handled >= RECEIVE_BATCH_MAX || logged_in {
                             break;
                         }
-                        next = read.next().now_or_never().map(Ok);
+                        // Polled with this task's own waker (not a no-op
+                        // one, as `now_or_never` would): a `Pending` here
+                        // must still wake the task when the frame arrives.
+                        let ready = std::future::poll_fn(|cx| Poll::Ready(read.poll_next_unpin(cx))).await;
+                        next = match ready {
+                            Poll::Ready(item) => Some(Ok(item)),
+                            Poll::Pending => None,
+                        };
                     }
                     if let Some(end) = ended {
                         break end;
