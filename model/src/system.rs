@@ -850,7 +850,6 @@ impl<'s> Exec<'s> {
         let now = self.st.now;
         let Some(Some(c)) = self.live.get_mut(i) else { return };
         let saved = if fast { None } else { Some(c.save()) };
-        let timeout = c.poll_timeout();
         let mut frames = Vec::new();
         while let Some(f) = c.poll_transmit() {
             frames.push(f);
@@ -859,6 +858,9 @@ impl<'s> Exec<'s> {
         while let Some(e) = c.poll_event() {
             events.push(e);
         }
+        // Re-armed after the drain, as the client's call order asks: before
+        // it, frames about to leave could still name the pacer's deadline.
+        let timeout = c.poll_timeout();
         // Drained, as every replay of the log leaves it.
         let conn_state = (!fast).then(|| connection_hash(c, now));
         let settled = !fast && c.is_ready() && timeout.is_none();
