@@ -24,7 +24,7 @@ pub const PACE_BURST: u64 = FRAMES_BURST_MAX as u64 * 3 / 4;
 const MILLI: u64 = 1000;
 
 /// A client's send budget on one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     /// Frames a second on average (0 is taken as 1).
     pub per_second: u64,
