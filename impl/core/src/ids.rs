@@ -35,6 +35,12 @@ pub enum UserIdError {
 }
 
 impl UserId {
+    /// Sorts before every valid user id (it is not one): the lower bound of
+    /// a range over keys that start with something else.
+    pub(crate) fn least() -> Self {
+        UserId(String::new())
+    }
+
     /// Validates and wraps a user name.
     pub fn new(name: &str) -> Result<Self, UserIdError> {
         if name.is_empty() || name.len() > USER_ID_LEN_MAX {

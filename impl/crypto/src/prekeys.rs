@@ -387,9 +387,20 @@ pub struct PreKeyStore {
     one_time_prekeys: BTreeMap<u32, OneTimePreKey>,
     next_signed_prekey_id: u32,
     next_one_time_prekey_id: u32,
+    /// Counts changes, so an owner saving incrementally can tell whether the
+    /// store changed since its last save without encoding it. Not saved: it
+    /// restarts at 0 with every restored store.
+    #[serde(skip)]
+    changes: u64,
 }
 
 impl PreKeyStore {
+    /// A number that changes whenever the store changes: how often it did
+    /// since it was created or restored (not part of the saved state).
+    pub fn change_count(&self) -> u64 {
+        self.changes
+    }
+
     /// A store for `identity` with a fresh signed prekey (id 1) and no one-time prekeys.
     pub fn new<R: RngCore + CryptoRng>(
         suite: CipherSuite,
@@ -406,6 +417,7 @@ impl PreKeyStore {
             one_time_prekeys: BTreeMap::new(),
             next_signed_prekey_id: 2,
             next_one_time_prekey_id: 1,
+            changes: 0,
         }
     }
 
@@ -460,6 +472,7 @@ impl PreKeyStore {
         count: usize,
         rng: &mut R,
     ) -> Vec<BundledOneTimePreKey> {
+        self.changes += 1;
         let room = ONE_TIME_PREKEY_STOCK_MAX.saturating_sub(self.one_time_prekeys.len());
         let mut out = Vec::with_capacity(count.min(room));
         for _ in 0..count.min(room) {
@@ -519,6 +532,7 @@ impl PreKeyStore {
         rng: &mut R,
         now_ms: u64,
     ) -> u32 {
+        self.changes += 1;
         let id = self.next_signed_prekey_id;
         self.next_signed_prekey_id = id.wrapping_add(1);
         let fresh = SignedPreKey::from_key_pair(self.suite, &self.identity, id, now_ms, key_pair, rng);
@@ -535,6 +549,7 @@ impl PreKeyStore {
             .as_ref()
             .is_some_and(|r| now_ms >= r.retired_at_ms.saturating_add(SIGNED_PREKEY_GRACE_MS));
         if expired {
+            self.changes += 1;
             self.previous_signed_prekey = None;
         }
         expired
@@ -550,6 +565,7 @@ impl PreKeyStore {
         if !self.one_time_prekeys.contains_key(&id) {
             return Err(PreKeyError::UnknownOneTimePreKey { id });
         }
+        self.changes += 1;
         #[cfg(not(feature = "weak-keep-used-keys"))]
         drop(self.one_time_prekeys.remove(&id));
         Ok(())

@@ -39,7 +39,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bluetick_core::client::{AppEvent, Client, ClientConfig, ClientError, RestoreError, SavedClient};
+use bluetick_core::client::{
+    AppEvent, Client, ClientConfig, ClientError, IncrementalSave, RestoreError, SavedChanges, SavedClient,
+};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
 use bluetick_core::wire::{self, ClientFrame, ServerFrame, Visibility};
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +54,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::clock::{Clock, SystemClock};
 use crate::server::{IDLE_TIMEOUT, WRITE_TIMEOUT};
+use crate::state_file::{read_state, StateFile};
 use crate::transport::{ws_target, Connector, TcpConnector};
 
 /// First reconnect delay: long enough not to hammer a server that just
@@ -149,7 +152,20 @@ pub trait StateSaver: Send + Sync + fmt::Debug {
     /// # Errors
     /// Any IO error stops the client task ([`ClientRunError::Save`]).
     fn save(&self, state: &SavedClient) -> std::io::Result<()>;
+
+    /// Stores `changes` durably after the last full save and the changes
+    /// stored since, before returning; the state to restore is then
+    /// [`SavedClient::apply_changes`] of them all.
+    ///
+    /// # Errors
+    /// As [`StateSaver::save`].
+    fn save_changes(&self, changes: &SavedChanges) -> std::io::Result<()>;
 }
+
+/// A full save is taken instead of changes once the changes stored since the
+/// last full save add up to its size, but not below this: restoring then
+/// reads at most about twice the state, and saving costs what changed.
+pub const FULL_SAVE_AFTER_BYTES_MIN: usize = 64 * 1024;
 
 /// Something the app did that the core accepted, as a [`ClientObserver`]
 /// sees it.
@@ -534,19 +550,20 @@ impl ClientHandle {
     }
 }
 
-/// Restores the client saved at `path`, or creates a new device there (with a
+/// Restores the client saved at `path` (its last full save and the changes
+/// logged after it: see [`crate::state_file`]), or creates a new device there (with a
 /// 256-bit seed from the OS) if the file does not exist.
 ///
 /// # Errors
 /// [`ClientRunError::Load`] / [`ClientRunError::Restore`] if a save exists but
 /// cannot be used — never silently replaced, as that would lose the identity.
 pub fn open_client(config: ClientConfig, path: &Path, clock: &dyn Clock) -> Result<Client, ClientRunError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Client::restore(config, &SavedClient::from_bytes(bytes))
+    match read_state(path) {
+        Ok(Some((full, changes))) => full
+            .apply_changes(&changes)
+            .and_then(|state| Client::restore(config, &state))
             .map_err(|source| ClientRunError::Restore { path: path.to_path_buf(), source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(Client::from_seed(config, crate::entropy::os_seed(), clock.now_ms()))
-        }
+        Ok(None) => Ok(Client::from_seed(config, crate::entropy::os_seed(), clock.now_ms())),
         Err(source) => Err(ClientRunError::Load { path: path.to_path_buf(), source }),
     }
 }
@@ -596,6 +613,7 @@ where
     let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE_LEN);
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE_LEN);
     let want_online = options.start_online;
+    let save_path = options.save_path.clone();
     let driver = Driver {
         client,
         options,
@@ -606,6 +624,9 @@ where
         attempt: 0,
         online: false,
         want_online,
+        file: Arc::new(std::sync::Mutex::new(StateFile::new(save_path))),
+        since_full: 0,
+        full_len: None,
     };
     let task = tokio::spawn(driver.run());
     ClientHandle { commands, events, task }
@@ -624,6 +645,14 @@ struct Driver<R, C> {
     online: bool,
     /// Whether the app wants a connection ([`ClientHandle::set_online`]).
     want_online: bool,
+    /// The save file and its log (unless [`ClientOptions::saver`] is set).
+    file: Arc<std::sync::Mutex<StateFile>>,
+    /// Bytes of changes saved since the last full save, and that save's size
+    /// (`None` until this driver made one: a client handed over from another
+    /// driver may be journaling already, but this driver's store starts with
+    /// a full save).
+    since_full: usize,
+    full_len: Option<usize>,
 }
 
 /// Why a connection (or an attempt at one) ended.
@@ -1106,17 +1135,34 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
     }
 
     async fn save(&mut self) -> Result<(), ClientRunError> {
-        let state = self.client.save();
-        if let Some(saver) = &self.options.saver {
-            return saver
-                .save(&state)
-                .map_err(|source| ClientRunError::Save { path: self.options.save_path.clone(), source });
+        let full = self.full_len.is_none_or(|len| self.since_full >= len.max(FULL_SAVE_AFTER_BYTES_MIN));
+        let save = self.client.save_incremental(full);
+        match &save {
+            IncrementalSave::Full(state) => {
+                self.full_len = Some(state.as_bytes().len());
+                self.since_full = 0;
+            }
+            IncrementalSave::Changes(changes) => self.since_full += changes.as_bytes().len(),
         }
-        let bytes = state.as_bytes().to_vec();
+        if let Some(saver) = &self.options.saver {
+            let stored = match &save {
+                IncrementalSave::Full(state) => saver.save(state),
+                IncrementalSave::Changes(changes) => saver.save_changes(changes),
+            };
+            return stored.map_err(|source| ClientRunError::Save { path: self.options.save_path.clone(), source });
+        }
+        let file = Arc::clone(&self.file);
         let path = self.options.save_path.clone();
-        let saved = tokio::task::spawn_blocking(move || save_atomically(&path, &bytes).map_err(|e| (path, e)))
-            .await
-            .map_err(|e| ClientRunError::SaveTask { detail: e.to_string() })?;
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &save {
+                IncrementalSave::Full(state) => file.write_full(state),
+                IncrementalSave::Changes(changes) => file.append(changes),
+            }
+            .map_err(|e| (path, e))
+        })
+        .await
+        .map_err(|e| ClientRunError::SaveTask { detail: e.to_string() })?;
         saved.map_err(|(path, source)| ClientRunError::Save { path, source })
     }
 

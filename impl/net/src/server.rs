@@ -130,12 +130,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// usually free descriptors again.
 pub const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// Bytes a connection's WebSocket reader asks the socket for at once, and
-/// what it allocates up front. tungstenite's default, 128 KiB, is nearly all
-/// an idle connection costs; a few 1 KiB frames per read is as good under
-/// load, and a larger frame grows the buffer for as long as it needs.
-pub const WS_READ_BUFFER_LEN: usize = 4 * 1024;
-
 /// Encoded frames a writer collects before it writes them out (it always
 /// writes at once when its queue runs dry): a few frames per `write` call
 /// under load instead of one. Allocated only while in use.
@@ -562,7 +556,7 @@ async fn serve_connection<T: Stream>(
     events: mpsc::Sender<ConnEvent>,
     options: ServerOptions,
 ) {
-    let config = crate::ws_config().read_buffer_size(WS_READ_BUFFER_LEN).write_buffer_size(WS_WRITE_BUFFER_LEN);
+    let config = crate::ws_config().write_buffer_size(WS_WRITE_BUFFER_LEN);
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,

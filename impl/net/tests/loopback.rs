@@ -475,3 +475,45 @@ async fn a_killed_client_restarts_from_its_save_and_gets_what_was_sent_meanwhile
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_restores_the_changes_it_logged_after_its_last_full_save() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut alice = start_client(&server, dir.path(), "alice", 1);
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let (mut alice_seen, mut bob_seen) = (Vec::new(), Vec::new());
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        wait_for(&mut bob, &mut bob_seen, is_online).await;
+        // Bob's session with Alice begins after his first (full) save, so
+        // only the log after it holds that session.
+        let first = alice.send_text(bob_id.clone(), b"first".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, first)).await;
+        let full = std::fs::read(dir.path().join("bob.state")).unwrap();
+        let log = std::fs::read(dir.path().join("bob.state.log")).unwrap();
+        assert!(log.len() > 8, "bob logged changes after his full save of {} bytes", full.len());
+        bob.kill();
+        let _ = bob.shutdown().await;
+
+        let second = alice.send_text(bob_id, b"second".to_vec()).await.unwrap().unwrap();
+        let mut bob = start_client(&server, dir.path(), "bob", 99);
+        let mut bob_seen = Vec::new();
+        // The second message continues the ratchet of the first: it opens
+        // only with the session the log restored.
+        let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, second)).await;
+        assert_eq!(body, b"second");
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(300)).await;
+        assert_eq!(messages_with(&bob_seen, first), 0, "the first message was acked before the kill");
+        assert!(
+            !bob_seen.iter().any(|e| matches!(e, ClientEvent::App(AppEvent::Undecryptable { .. }))),
+            "{bob_seen:?}"
+        );
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}

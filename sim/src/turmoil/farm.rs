@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bluetick_core::client::{Client, ClientConfig, SavedClient};
+use bluetick_core::client::{Client, ClientConfig, RestoreError, SavedChanges, SavedClient};
 use bluetick_core::ids::{GroupId, MessageId, UserId};
 use bluetick_core::wire::Visibility;
 use bluetick_core::world::oracle::Violation;
@@ -50,24 +50,52 @@ pub(crate) enum FarmCommand {
 pub(crate) struct SaveSlot {
     pub(crate) user: UserId,
     pub(crate) config: ClientConfig,
-    pub(crate) saved: Mutex<Option<SavedClient>>,
+    /// The last full save and the changes saved after it, in order.
+    pub(crate) saved: Mutex<Option<(SavedClient, Vec<SavedChanges>)>>,
     /// Restore every save at once to prove it restores (costly; tests).
     pub(crate) verify: bool,
     pub(crate) log: SharedLog,
 }
 
+impl SaveSlot {
+    /// What a restart restores: the last full save with the changes after it.
+    pub(crate) fn current(&self) -> Result<Option<SavedClient>, RestoreError> {
+        match &*lock(&self.saved) {
+            None => Ok(None),
+            Some((full, changes)) if changes.is_empty() => Ok(Some(full.clone())),
+            Some((full, changes)) => full.apply_changes(changes).map(Some),
+        }
+    }
+
+    fn verify(&self) {
+        let restored = self.current().and_then(|s| s.map(|s| Client::restore(self.config.clone(), &s)).transpose());
+        if let Err(e) = restored {
+            lock(&self.log).push(Record::Violation(Violation {
+                invariant: "client-save-restorable",
+                at_ms: sim_now_ms(),
+                detail: format!("{:?}'s saved state does not restore: {e}", self.user),
+            }));
+        }
+    }
+}
+
 impl StateSaver for SaveSlot {
     fn save(&self, state: &SavedClient) -> std::io::Result<()> {
+        *lock(&self.saved) = Some((state.clone(), Vec::new()));
         if self.verify {
-            if let Err(e) = Client::restore(self.config.clone(), state) {
-                lock(&self.log).push(Record::Violation(Violation {
-                    invariant: "client-save-restorable",
-                    at_ms: sim_now_ms(),
-                    detail: format!("{:?}'s saved state does not restore: {e}", self.user),
-                }));
-            }
+            self.verify();
         }
-        *lock(&self.saved) = Some(state.clone());
+        Ok(())
+    }
+
+    fn save_changes(&self, changes: &SavedChanges) -> std::io::Result<()> {
+        match &mut *lock(&self.saved) {
+            Some((_, after)) => after.push(changes.clone()),
+            None => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "changes before a full save")),
+        }
+        if self.verify {
+            self.verify();
+        }
         Ok(())
     }
 }
@@ -129,9 +157,9 @@ impl Device {
         if let Some(h) = self.handle.take() {
             h.kill();
         }
-        let saved = lock(&self.slot.saved).clone();
+        let saved = self.slot.current();
         let client = match saved {
-            Some(saved) => match Client::restore(self.slot.config.clone(), &saved) {
+            Ok(Some(saved)) => match Client::restore(self.slot.config.clone(), &saved) {
                 Ok(c) => c,
                 Err(e) => {
                     lock(&self.slot.log).push(Record::Violation(Violation {
@@ -142,9 +170,17 @@ impl Device {
                     return;
                 }
             },
+            Err(e) => {
+                lock(&self.slot.log).push(Record::Violation(Violation {
+                    invariant: "client-recovers",
+                    at_ms: sim_now_ms(),
+                    detail: format!("{:?}'s saved changes do not apply: {e}", self.user),
+                }));
+                return;
+            }
             // Killed before its first save: the device never existed on
             // disk, so it is built again from its seed.
-            None => Client::new(self.slot.config.clone(), self.seed, EPOCH_MS),
+            Ok(None) => Client::new(self.slot.config.clone(), self.seed, EPOCH_MS),
         };
         self.start(client);
     }

@@ -1266,10 +1266,10 @@ impl Driver for TurmoilDriver {
     /// (the client task saves before anything it did leaves the device).
     fn compromise(&mut self, user: &UserId) -> Result<(), Unsupported> {
         let Some(slot) = self.slots.get(user).cloned() else { return Ok(()) };
-        let saved = lock(&slot.saved).clone();
-        let tried = match saved {
-            Some(saved) => self.check_forward_secrecy(user, slot.config.clone(), &saved),
-            None => 0,
+        // A save that does not apply is reported when the device restarts.
+        let tried = match slot.current() {
+            Ok(Some(saved)) => self.check_forward_secrecy(user, slot.config.clone(), &saved),
+            _ => 0,
         };
         self.history.counts.compromises += 1;
         let now = self.now_ms();

@@ -18,13 +18,14 @@
 //! rotates its key (and re-distributes on its next send), so a removed member,
 //! who still holds the old keys, cannot read anything sent afterwards.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use bluetick_crypto::sender_key::{OwnSenderKey, SenderKeyRecord};
 use bluetick_crypto::CipherSuite;
 use bluetick_crypto::PublicKey;
 use serde::{Deserialize, Serialize};
 
+use crate::client::journal::{Journaled, Table};
 use crate::ids::{GroupId, UserId};
 use crate::wire::SignedGroupChange;
 
@@ -126,16 +127,23 @@ pub(crate) struct Applied {
 /// All groups, received sender keys and held changes.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Groups {
-    pub groups: BTreeMap<GroupId, GroupState>,
-    pub records: BTreeMap<(GroupId, UserId), SenderKeyRecord>,
+    pub groups: Table<GroupId, GroupState>,
+    pub records: Table<(GroupId, UserId), SenderKeyRecord>,
     /// Keys that arrived after a newer key of the same sender. Kept apart
     /// because a record evicts the key that arrived first, not the oldest:
     /// a burst of late distributions (frames reordered, or resent after a
     /// refusal) pushed the sender's current key out of `records`, and every
     /// message sealed under it afterwards stayed held for good.
     #[serde(default)]
-    pub late_records: BTreeMap<(GroupId, UserId), SenderKeyRecord>,
+    pub late_records: Table<(GroupId, UserId), SenderKeyRecord>,
     pub held_changes: VecDeque<SignedGroupChange>,
+}
+
+impl Groups {
+    /// The tables, for incremental saves.
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 3] {
+        [&mut self.groups, &mut self.records, &mut self.late_records]
+    }
 }
 
 /// How many members there are after `change`, or why it cannot be applied.
@@ -222,7 +230,7 @@ impl Groups {
     /// is the caller's decision.
     pub fn apply(&mut self, change: &SignedGroupChange, me: &UserId) -> Applied {
         let known = self.groups.contains_key(&change.group);
-        let group = self.groups.entry(change.group).or_insert_with(|| GroupState {
+        let group = self.groups.get_or_insert_with(change.group, || GroupState {
             version: 0,
             admin: change.admin.clone(),
             members: BTreeSet::new(),
@@ -370,7 +378,7 @@ mod tests {
         let full = signed(&id, 1, &refs, &[]);
         assert_eq!(g.check(CipherSuite::BluetickV1, &full, &u("m0001"), key), Verdict::Apply);
         g.apply(&full, &u("m0001"));
-        assert_eq!(g.groups[&GroupId([7; 16])].members.len(), GROUP_MEMBERS_MAX);
+        assert_eq!(g.groups.get(&GroupId([7; 16])).unwrap().members.len(), GROUP_MEMBERS_MAX);
         let one_more = signed(&id, 2, &["newcomer"], &[]);
         assert_eq!(
             g.check(CipherSuite::BluetickV1, &one_more, &u("m0001"), key),
@@ -386,7 +394,7 @@ mod tests {
         let swap = signed(&id, 2, &["newcomer"], &["m0002"]);
         assert_eq!(g.check(CipherSuite::BluetickV1, &swap, &u("m0001"), key), Verdict::Apply);
         g.apply(&swap, &u("m0001"));
-        assert_eq!(g.groups[&GroupId([7; 16])].members.len(), GROUP_MEMBERS_MAX);
+        assert_eq!(g.groups.get(&GroupId([7; 16])).unwrap().members.len(), GROUP_MEMBERS_MAX);
     }
 
     #[test]
@@ -398,7 +406,7 @@ mod tests {
         assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), None), Verdict::NeedAdminKey);
         assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), key), Verdict::Apply);
         g.apply(&v1, &u("bob"));
-        assert_eq!(g.groups[&GroupId([7; 16])].members.len(), 3, "admin is a member");
+        assert_eq!(g.groups.get(&GroupId([7; 16])).unwrap().members.len(), 3, "admin is a member");
         assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), key), Verdict::Stale);
         let v3 = signed(&id, 3, &["dave"], &[]);
         assert_eq!(
@@ -453,7 +461,7 @@ mod tests {
         let v5 = signed(&id, 5, &["bob"], &[]);
         assert_eq!(g.check(CipherSuite::BluetickV1, &v5, &u("bob"), Some(id.public())), Verdict::Apply);
         g.apply(&v5, &u("bob"));
-        let state = &g.groups[&GroupId([7; 16])];
+        let state = g.groups.get(&GroupId([7; 16])).unwrap();
         assert!(state.partial);
         assert_eq!(state.members, [u("alice"), u("bob")].into_iter().collect());
         let v6 = signed(&id, 6, &[], &["bob"]);

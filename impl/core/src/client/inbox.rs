@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::{Journaled, Table};
 use crate::ids::{DeviceAddress, GroupId, MessageId, UserId};
 use crate::wire::Envelope;
 
@@ -51,9 +52,17 @@ pub enum Conversation {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Inbox {
     /// (sender, id) → server timestamp.
-    seen: BTreeMap<(DeviceAddress, MessageId), u64>,
+    seen: Table<(DeviceAddress, MessageId), u64>,
+    /// `seen` ordered by timestamp, for eviction; rebuilt after a restore.
+    #[serde(skip)]
     by_ts: BTreeSet<(u64, DeviceAddress, MessageId)>,
-    unread: BTreeMap<Conversation, VecDeque<(UserId, MessageId)>>,
+    /// (conversation, arrival number) → (sender, id): each conversation's
+    /// unread messages in arrival order.
+    unread: Table<(Conversation, u64), (UserId, MessageId)>,
+    next_unread: u64,
+    /// How many `unread` holds per conversation; rebuilt after a restore.
+    #[serde(skip)]
+    unread_len: BTreeMap<Conversation, usize>,
     held: VecDeque<Envelope>,
 }
 
@@ -90,16 +99,42 @@ impl Inbox {
 
     /// Adds a surfaced message to its conversation's unread list.
     pub fn add_unread(&mut self, conversation: Conversation, sender: UserId, id: MessageId, max: usize) {
-        let list = self.unread.entry(conversation).or_default();
-        list.push_back((sender, id));
-        while list.len() > max {
-            list.pop_front();
+        self.unread.insert((conversation.clone(), self.next_unread), (sender, id));
+        self.next_unread += 1;
+        let len = self.unread_len.entry(conversation.clone()).or_default();
+        *len += 1;
+        while *len > max {
+            let Some(oldest) = self.unread.range((conversation.clone(), 0)..).next().map(|(k, _)| k.clone()) else {
+                break;
+            };
+            self.unread.remove(&oldest);
+            *len -= 1;
         }
     }
 
     /// Takes every unread message of a conversation (the app opened it).
     pub fn take_unread(&mut self, conversation: &Conversation) -> Vec<(UserId, MessageId)> {
-        self.unread.remove(conversation).map(Vec::from).unwrap_or_default()
+        let keys: Vec<(Conversation, u64)> = self
+            .unread
+            .range((conversation.clone(), 0)..=(conversation.clone(), u64::MAX))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.unread_len.remove(conversation);
+        keys.iter().filter_map(|k| self.unread.remove(k)).collect()
+    }
+
+    /// Rebuilds the indexes a save leaves out.
+    pub fn rebuild(&mut self) {
+        self.by_ts = self.seen.iter().map(|((from, id), ts)| (*ts, from.clone(), *id)).collect();
+        self.unread_len.clear();
+        for (conversation, _) in self.unread.keys() {
+            *self.unread_len.entry(conversation.clone()).or_default() += 1;
+        }
+    }
+
+    /// The tables, for incremental saves.
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 2] {
+        [&mut self.seen, &mut self.unread]
     }
 
     /// Holds a group message until its sender key arrives; returns the oldest

@@ -10,6 +10,7 @@
 //! - [`sessions`]: pairwise Double Ratchet sessions and pinned identity keys.
 //! - [`outbox`]: sends awaiting the server's ack, resent with a stable id.
 //! - [`inbox`]: deduplication, unread lists, group messages awaiting a sender key.
+//! - [`journal`]: incremental saves: what changed since the last save.
 //! - [`status`]: ticks per sent message and recipient, monotone.
 //! - [`groups`]: signed membership, sender keys and their rotation.
 //! - [`control`]: receipts and group changes owed to the server until it confirms them.
@@ -22,6 +23,7 @@ pub mod content;
 pub mod control;
 pub mod groups;
 pub mod inbox;
+pub mod journal;
 pub mod media;
 pub mod outbox;
 pub mod pacer;
@@ -59,6 +61,8 @@ use groups::{Applied, GroupChangeRejection, GroupState, Groups, Verdict, GROUP_M
 use inbox::{
     Conversation, Inbox, DEDUP_ENTRIES_MAX, DEDUP_WINDOW_MS, HELD_GROUP_MESSAGES_MAX, UNREAD_PER_CONVERSATION_MAX,
 };
+pub use journal::SavedChanges;
+use journal::{ChangeRecord, Journaled};
 use outbox::{Body, Outbox, OutboxEntry, Target, OUTBOX_LEN_MAX};
 use sessions::{Learned, Sessions};
 pub use status::{DeliveryState, MessageStatus};
@@ -98,7 +102,7 @@ pub const BUNDLE_FETCHES_PER_WINDOW: usize = 24;
 pub const BUNDLE_FETCH_WINDOW_MS: u64 = 60_000;
 
 /// Version of the [`SavedClient`] encoding; [`Client::restore`] refuses others.
-pub const SAVE_FORMAT: u16 = 3;
+pub const SAVE_FORMAT: u16 = 4;
 
 /// Deliberate bugs a test, scenario or model check switches on to show that
 /// its checker notices. Never enable them for real use.
@@ -510,6 +514,220 @@ struct State {
     retained: adversary::RetainedKeys,
 }
 
+/// A change record's head: the state without its tables (they encode empty
+/// inside [`journal::encode_head`]), and without the prekey store unless it
+/// changed since the previous save (`None`): a hundred one-time key pairs
+/// were most of what a change held.
+#[derive(Serialize)]
+struct HeadRef<'a> {
+    format: u16,
+    user: &'a UserId,
+    device: DeviceId,
+    registered: bool,
+    rng: &'a ChaCha20Rng,
+    prekeys: Option<&'a PreKeyStore>,
+    prekeys_owed: &'a PreKeysOwed,
+    sessions: &'a Sessions,
+    outbox: &'a Outbox,
+    statuses: &'a StatusBook,
+    inbox: &'a Inbox,
+    groups: &'a Groups,
+    control: &'a Control,
+    presence: &'a presence::PresenceWishes,
+    media: &'a media::MediaQueues,
+    retained: &'a adversary::RetainedKeys,
+}
+
+/// A decoded [`HeadRef`].
+#[derive(Deserialize)]
+struct Head {
+    format: u16,
+    user: UserId,
+    device: DeviceId,
+    registered: bool,
+    rng: ChaCha20Rng,
+    prekeys: Option<PreKeyStore>,
+    prekeys_owed: PreKeysOwed,
+    sessions: Sessions,
+    outbox: Outbox,
+    statuses: StatusBook,
+    inbox: Inbox,
+    groups: Groups,
+    control: Control,
+    presence: presence::PresenceWishes,
+    media: media::MediaQueues,
+    retained: adversary::RetainedKeys,
+}
+
+impl State {
+    fn head(&self, with_prekeys: bool) -> HeadRef<'_> {
+        // Destructured without `..`, so a new field cannot be left out.
+        let State {
+            format,
+            user,
+            device,
+            registered,
+            rng,
+            prekeys,
+            prekeys_owed,
+            sessions,
+            outbox,
+            statuses,
+            inbox,
+            groups,
+            control,
+            presence,
+            media,
+            retained,
+        } = self;
+        HeadRef {
+            format: *format,
+            user,
+            device: *device,
+            registered: *registered,
+            rng,
+            prekeys: with_prekeys.then_some(prekeys),
+            prekeys_owed,
+            sessions,
+            outbox,
+            statuses,
+            inbox,
+            groups,
+            control,
+            presence,
+            media,
+            retained,
+        }
+    }
+
+    /// The state a change record leads to from `previous`: its head, the
+    /// previous prekey store if the head has none, and the previous tables
+    /// (the record's changes still to be applied to them).
+    fn after(previous: &mut State, head: Head) -> State {
+        let Head {
+            format,
+            user,
+            device,
+            registered,
+            rng,
+            prekeys,
+            prekeys_owed,
+            sessions,
+            outbox,
+            statuses,
+            inbox,
+            groups,
+            control,
+            presence,
+            media,
+            retained,
+        } = head;
+        let mut next = State {
+            format,
+            user,
+            device,
+            registered,
+            rng,
+            prekeys: prekeys.unwrap_or_else(|| previous.prekeys.clone()),
+            prekeys_owed,
+            sessions,
+            outbox,
+            statuses,
+            inbox,
+            groups,
+            control,
+            presence,
+            media,
+            retained,
+        };
+        for (mine, theirs) in next.tables().into_iter().zip(previous.tables()) {
+            mine.swap_with(theirs.as_any());
+        }
+        next
+    }
+}
+
+impl State {
+    /// Every table, in a fixed order: a change names its table by position.
+    fn tables(&mut self) -> Vec<&mut dyn Journaled> {
+        let mut all: Vec<&mut dyn Journaled> = Vec::with_capacity(11);
+        all.extend(self.statuses.tables());
+        all.extend(self.inbox.tables());
+        all.extend(self.outbox.tables());
+        all.extend(self.sessions.tables());
+        all.extend(self.groups.tables());
+        all
+    }
+
+    fn decode(bytes: &[u8]) -> Result<State, RestoreError> {
+        // The format leads the encoding: a save of another format is named as
+        // such, not reported as undecodable.
+        if let Ok((found, _)) = postcard::take_from_bytes::<u16>(bytes) {
+            if found != SAVE_FORMAT {
+                return Err(RestoreError::Format { found, expected: SAVE_FORMAT });
+            }
+        }
+        let mut state: State = postcard::from_bytes(bytes).map_err(decode_error)?;
+        state.rebuild();
+        Ok(state)
+    }
+
+    /// Rebuilds the indexes a save leaves out.
+    fn rebuild(&mut self) {
+        self.inbox.rebuild();
+        self.outbox.rebuild();
+    }
+}
+
+fn decode_error(e: impl fmt::Display) -> RestoreError {
+    RestoreError::Decode { detail: e.to_string() }
+}
+
+/// What [`Client::save_incremental`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncrementalSave {
+    /// Everything: replaces what was stored.
+    Full(SavedClient),
+    /// What changed since the previous incremental save: stored after it.
+    Changes(SavedChanges),
+}
+
+impl SavedClient {
+    /// The full save of the state that `changes`, taken in order by
+    /// [`Client::save_incremental`] after this save, lead to: what a driver
+    /// that stores changes restores from.
+    ///
+    /// # Errors
+    /// [`RestoreError`] if this save or a change does not decode.
+    pub fn apply_changes<'a>(
+        &self,
+        changes: impl IntoIterator<Item = &'a SavedChanges>,
+    ) -> Result<SavedClient, RestoreError> {
+        let mut state = State::decode(&self.bytes)?;
+        for change in changes {
+            let record: ChangeRecord = postcard::from_bytes(&change.bytes).map_err(decode_error)?;
+            if record.format != SAVE_FORMAT {
+                return Err(RestoreError::Format { found: record.format, expected: SAVE_FORMAT });
+            }
+            let head: Head = postcard::from_bytes(&record.head).map_err(decode_error)?;
+            let mut next = State::after(&mut state, head);
+            let mut tables = next.tables();
+            for (table, key, value) in &record.changes {
+                let Some(t) = tables.get_mut(usize::from(*table)) else {
+                    return Err(RestoreError::Decode {
+                        detail: format!("a change names table {table}, which does not exist"),
+                    });
+                };
+                t.apply(key, value.as_deref()).map_err(decode_error)?;
+            }
+            state = next;
+        }
+        state.rebuild();
+        let bytes = postcard::to_allocvec(&state).map_err(decode_error)?;
+        Ok(SavedClient { bytes })
+    }
+}
+
 /// Where the connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 enum Conn {
@@ -652,6 +870,8 @@ pub struct Client {
     /// a large state (a thousand sessions, a group's status book) grown by
     /// doubling was copied about once more than it was written.
     save_len: Cell<usize>,
+    /// The prekey store's change count at the last incremental save.
+    prekeys_saved: Option<u64>,
 }
 
 impl fmt::Debug for Client {
@@ -710,21 +930,20 @@ impl Client {
             media: media::MediaQueues::default(),
             retained: adversary::RetainedKeys::default(),
         };
-        Client { config, state, vol: Volatile::default(), dirty: Cell::new(true), save_len: Cell::new(0) }
+        Client {
+            config,
+            state,
+            vol: Volatile::default(),
+            dirty: Cell::new(true),
+            save_len: Cell::new(0),
+            prekeys_saved: None,
+        }
     }
 
     /// Resumes from a [`Client::save`] after a crash: offline, with nothing
     /// queued for output; the driver connects again.
     pub fn restore(config: ClientConfig, saved: &SavedClient) -> Result<Client, RestoreError> {
-        // The format leads the encoding: a save of another format is named as
-        // such, not reported as undecodable.
-        if let Ok((found, _)) = postcard::take_from_bytes::<u16>(&saved.bytes) {
-            if found != SAVE_FORMAT {
-                return Err(RestoreError::Format { found, expected: SAVE_FORMAT });
-            }
-        }
-        let state: State =
-            postcard::from_bytes(&saved.bytes).map_err(|e| RestoreError::Decode { detail: e.to_string() })?;
+        let state = State::decode(&saved.bytes)?;
         if state.format != SAVE_FORMAT {
             return Err(RestoreError::Format { found: state.format, expected: SAVE_FORMAT });
         }
@@ -735,7 +954,7 @@ impl Client {
             });
         }
         let save_len = Cell::new(saved.bytes.len());
-        Ok(Client { config, state, vol: Volatile::default(), dirty: Cell::new(false), save_len })
+        Ok(Client { config, state, vol: Volatile::default(), dirty: Cell::new(false), save_len, prekeys_saved: None })
     }
 
     /// Encodes everything that must survive a crash, and clears the dirty flag.
@@ -750,6 +969,37 @@ impl Client {
         let bytes = postcard::to_extend(&self.state, buffer).unwrap_or_default();
         self.save_len.set(bytes.len());
         SavedClient { bytes }
+    }
+
+    /// Saves incrementally: everything on the first call and when `full` is
+    /// asked ([`IncrementalSave::Full`], which replaces what was stored),
+    /// otherwise only what changed since the previous call
+    /// ([`IncrementalSave::Changes`], stored after it). Clears the dirty
+    /// flag like [`Client::save`]. A driver asks for a full save once the
+    /// changes stored since the last one add up to about its size, so
+    /// restoring stays cheap and saving costs what changed.
+    pub fn save_incremental(&mut self, full: bool) -> IncrementalSave {
+        let mut tables = self.state.tables();
+        let journaling = !full && tables.first().is_some_and(|t| t.is_journaling());
+        if !journaling {
+            for t in &mut tables {
+                t.start_journal();
+            }
+            self.prekeys_saved = Some(self.state.prekeys.change_count());
+            return IncrementalSave::Full(self.save());
+        }
+        let mut changes = Vec::new();
+        for (id, t) in tables.into_iter().enumerate() {
+            // Fewer than 256 tables; postcard fails only on a sequence of
+            // unknown length, which the derived encodings never produce.
+            let _ = t.drain(u8::try_from(id).unwrap_or(u8::MAX), &mut changes);
+        }
+        self.dirty.set(false);
+        let prekeys = self.state.prekeys.change_count();
+        let head = journal::encode_head(&self.state.head(self.prekeys_saved != Some(prekeys))).unwrap_or_default();
+        self.prekeys_saved = Some(prekeys);
+        let record = ChangeRecord { format: SAVE_FORMAT, head, changes };
+        IncrementalSave::Changes(SavedChanges { bytes: postcard::to_allocvec(&record).unwrap_or_default() })
     }
 
     /// Feeds the connection state — everything [`Client::save`] leaves out:
@@ -798,7 +1048,7 @@ impl Client {
     }
 
     /// The ticks of a sent message, per recipient.
-    pub fn status(&self, id: &MessageId) -> Option<&MessageStatus> {
+    pub fn status(&self, id: &MessageId) -> Option<MessageStatus> {
         self.state.statuses.get(id)
     }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::client::content::Content;
+use crate::client::journal::{Journaled, Table};
 use crate::ids::{GroupId, MessageId, UserId};
 use crate::wire::EnvelopeKind;
 
@@ -73,7 +74,9 @@ pub(crate) struct OutboxFull {
 /// Queued sends in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Outbox {
-    entries: BTreeMap<u64, OutboxEntry>,
+    entries: Table<u64, OutboxEntry>,
+    /// Rebuilt after a restore.
+    #[serde(skip)]
     by_id: BTreeMap<MessageId, u64>,
     next_seq: u64,
 }
@@ -117,6 +120,16 @@ impl Outbox {
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Rebuilds the index a save leaves out.
+    pub fn rebuild(&mut self) {
+        self.by_id = self.entries.iter().map(|(seq, e)| (e.id, *seq)).collect();
+    }
+
+    /// The tables, for incremental saves.
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 1] {
+        [&mut self.entries]
     }
 }
 

@@ -23,7 +23,7 @@
 //! (the user reinstalled) but reported, so the app can warn as Signal does with
 //! "safety number changed". Group changes are checked against these keys.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use bluetick_crypto::prekeys::{PreKeyStore, VerifiedBundle};
 use bluetick_crypto::ratchet::{RatchetMessage, Session};
@@ -33,6 +33,7 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::client::content::{join_prekey, split_prekey, Payload};
+use crate::client::journal::{Journaled, Table};
 use crate::client::UndecryptableReason;
 use crate::ids::{DeviceAddress, UserId};
 use crate::wire::EnvelopeKind;
@@ -77,8 +78,8 @@ pub(crate) struct Opened {
 /// Every pairwise session and every identity key known.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Sessions {
-    peers: BTreeMap<DeviceAddress, VecDeque<Slot>>,
-    identities: BTreeMap<UserId, PublicKey>,
+    peers: Table<DeviceAddress, VecDeque<Slot>>,
+    identities: Table<UserId, PublicKey>,
 }
 
 fn malformed(e: impl std::fmt::Display) -> UndecryptableReason {
@@ -90,6 +91,11 @@ fn ratchet(e: impl std::fmt::Display) -> UndecryptableReason {
 }
 
 impl Sessions {
+    /// The tables, for incremental saves.
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 2] {
+        [&mut self.peers, &mut self.identities]
+    }
+
     /// The pinned identity key of `user`.
     pub fn identity(&self, user: &UserId) -> Option<PublicKey> {
         self.identities.get(user).copied()
@@ -97,10 +103,13 @@ impl Sessions {
 
     /// Pins `key` for `user`, or replaces a different pinned key.
     pub fn learn_identity(&mut self, user: &UserId, key: PublicKey) -> Learned {
-        match self.identities.insert(user.clone(), key) {
-            None => Learned::New,
-            Some(old) if old == key => Learned::Same,
-            Some(_) => Learned::Changed,
+        match self.identities.get(user) {
+            Some(old) if *old == key => Learned::Same,
+            pinned => {
+                let learned = if pinned.is_none() { Learned::New } else { Learned::Changed };
+                self.identities.insert(user.clone(), key);
+                learned
+            }
         }
     }
 
@@ -113,7 +122,9 @@ impl Sessions {
     /// Sessions holding only a [`Sessions::snapshot_peer`] copy.
     pub fn from_snapshot(peer: &DeviceAddress, bytes: &[u8]) -> Option<Sessions> {
         let slots: VecDeque<Slot> = postcard::from_bytes(bytes).ok()?;
-        Some(Sessions { peers: BTreeMap::from([(peer.clone(), slots)]), identities: BTreeMap::new() })
+        let mut sessions = Sessions::default();
+        sessions.peers.insert(peer.clone(), slots);
+        Some(sessions)
     }
 
     /// Whether a message to `peer` can be encrypted now.
@@ -147,7 +158,7 @@ impl Sessions {
     }
 
     fn install(&mut self, peer: &DeviceAddress, slot: Slot) {
-        let slots = self.peers.entry(peer.clone()).or_default();
+        let slots = self.peers.get_or_insert_with(peer.clone(), VecDeque::new);
         slots.push_front(slot);
         slots.truncate(SESSIONS_PER_PEER_MAX);
     }

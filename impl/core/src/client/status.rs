@@ -6,10 +6,11 @@
 //! before any `Delivered` jumps straight to `Read`; a later `Delivered` is then
 //! a no-op. That makes at-least-once receipts harmless.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::{Journaled, Table};
 use crate::ids::{MessageId, UserId};
 
 /// Most sent messages whose ticks are tracked; the oldest is forgotten first.
@@ -62,71 +63,104 @@ impl MessageStatus {
     }
 }
 
-/// Ticks of every tracked sent message, bounded by a cap on how many.
+/// Ticks of every tracked sent message, bounded by a cap on how many. One
+/// table entry per (message, recipient), so a receipt from one member of a
+/// 1,024-member group changes one small entry of an incremental save.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StatusBook {
-    by_id: BTreeMap<MessageId, MessageStatus>,
+    /// Tracked message → its place in `order`.
+    tracked: Table<MessageId, u64>,
     /// Tracking order, oldest first, for eviction.
-    order: VecDeque<MessageId>,
+    order: Table<u64, MessageId>,
+    next: u64,
+    states: Table<(MessageId, UserId), DeliveryState>,
 }
 
 impl StatusBook {
     /// Starts tracking `id` as `Pending` for each recipient, forgetting the
     /// oldest tracked message beyond `max`.
     pub fn track(&mut self, id: MessageId, recipients: impl IntoIterator<Item = UserId>, max: usize) {
-        let status =
-            MessageStatus { recipients: recipients.into_iter().map(|u| (u, DeliveryState::Pending)).collect() };
-        if self.by_id.insert(id, status).is_none() {
-            self.order.push_back(id);
+        if self.tracked.contains_key(&id) {
+            for peer in self.recipients(&id) {
+                self.states.remove(&(id, peer));
+            }
+        } else {
+            self.tracked.insert(id, self.next);
+            self.order.insert(self.next, id);
+            self.next += 1;
+        }
+        for peer in recipients {
+            self.states.insert((id, peer), DeliveryState::Pending);
         }
         while self.order.len() > max {
-            if let Some(old) = self.order.pop_front() {
-                self.by_id.remove(&old);
+            if let Some((_, old)) = self.order.pop_first() {
+                self.tracked.remove(&old);
+                for peer in self.recipients(&old) {
+                    self.states.remove(&(old, peer));
+                }
             }
         }
     }
 
+    fn recipients(&self, id: &MessageId) -> Vec<UserId> {
+        self.states
+            .range((*id, UserId::least())..)
+            .take_while(|((m, _), _)| m == id)
+            .map(|((_, peer), _)| peer.clone())
+            .collect()
+    }
+
     /// The ticks of `id`, if tracked.
-    pub fn get(&self, id: &MessageId) -> Option<&MessageStatus> {
-        self.by_id.get(id)
+    pub fn get(&self, id: &MessageId) -> Option<MessageStatus> {
+        if !self.tracked.contains_key(id) {
+            return None;
+        }
+        let recipients = self
+            .states
+            .range((*id, UserId::least())..)
+            .take_while(|((m, _), _)| m == id)
+            .map(|((_, peer), state)| (peer.clone(), *state))
+            .collect();
+        Some(MessageStatus { recipients })
     }
 
     /// Applies `next` for one recipient; returns the new state if it changed.
     pub fn update(&mut self, id: &MessageId, peer: &UserId, next: DeliveryState) -> Option<DeliveryState> {
-        let state = self.by_id.get_mut(id)?.recipients.get_mut(peer)?;
-        let new = state.advance(next);
-        if new == *state {
+        let key = (*id, peer.clone());
+        let current = *self.states.get(&key)?;
+        let new = current.advance(next);
+        if new == current {
             return None;
         }
-        *state = new;
+        self.states.insert(key, new);
         Some(new)
     }
 
     /// Sets `next` for one recipient even if it goes back (only for the
     /// `LatestReceiptWins` bug switch); returns it if it changed.
     pub fn overwrite(&mut self, id: &MessageId, peer: &UserId, next: DeliveryState) -> Option<DeliveryState> {
-        let state = self.by_id.get_mut(id)?.recipients.get_mut(peer)?;
-        if *state == next {
+        let key = (*id, peer.clone());
+        if *self.states.get(&key)? == next {
             return None;
         }
-        *state = next;
+        self.states.insert(key, next);
         Some(next)
     }
 
     /// Applies `next` for every recipient; returns those that changed.
     pub fn update_all(&mut self, id: &MessageId, next: DeliveryState) -> Vec<(UserId, DeliveryState)> {
-        let Some(status) = self.by_id.get_mut(id) else {
-            return Vec::new();
-        };
         let mut changed = Vec::new();
-        for (peer, state) in status.recipients.iter_mut() {
-            let new = state.advance(next);
-            if new != *state {
-                *state = new;
-                changed.push((peer.clone(), new));
+        for peer in self.recipients(id) {
+            if let Some(new) = self.update(id, &peer, next) {
+                changed.push((peer, new));
             }
         }
         changed
+    }
+
+    /// The tables, for incremental saves.
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 3] {
+        [&mut self.tracked, &mut self.order, &mut self.states]
     }
 }
 

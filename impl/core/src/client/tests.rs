@@ -21,6 +21,11 @@ struct Node {
     config: ClientConfig,
     client: Client,
     saved: SavedClient,
+    /// The last full incremental save and the changes saved after it.
+    base: SavedClient,
+    changes: Vec<SavedChanges>,
+    /// The size of every change saved, in order.
+    change_lens: Vec<usize>,
     /// What the app was shown, in order (the app's own durable store).
     events: Vec<AppEvent>,
     conn: Option<ConnId>,
@@ -76,7 +81,20 @@ impl Net {
         let config = ClientConfig { bugs, ..ClientConfig::new(u(name), PRIMARY_DEVICE) };
         let client = Client::new(config.clone(), seed, self.now);
         let saved = client.save();
-        self.nodes.insert(u(name), Node { config, client, saved, events: Vec::new(), conn: None });
+        let base = saved.clone();
+        self.nodes.insert(
+            u(name),
+            Node {
+                config,
+                client,
+                saved,
+                base,
+                changes: Vec::new(),
+                change_lens: Vec::new(),
+                events: Vec::new(),
+                conn: None,
+            },
+        );
     }
 
     fn node(&mut self, name: &UserId) -> &mut Node {
@@ -91,7 +109,23 @@ impl Net {
     fn settle(&mut self, name: &UserId) {
         let node = self.nodes.get_mut(name).unwrap();
         if node.client.is_dirty() {
-            node.saved = node.client.save();
+            // Saved incrementally, as the tokio driver does, with a full save
+            // every few changes; what they restore to must be the full save.
+            match node.client.save_incremental(node.changes.len() >= 5) {
+                IncrementalSave::Full(full) => {
+                    node.base = full;
+                    node.changes.clear();
+                }
+                IncrementalSave::Changes(c) => {
+                    node.change_lens.push(c.as_bytes().len());
+                    node.changes.push(c);
+                }
+            }
+            node.saved = node.base.apply_changes(&node.changes).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert!(
+                node.saved == node.client.save(),
+                "{name:?}: the changes applied to the last full save differ from a full save"
+            );
             if let Err(e) = Client::restore(node.config.clone(), &node.saved) {
                 panic!("{name:?}: the save does not restore: {e}");
             }
@@ -1425,4 +1459,38 @@ fn a_download_that_never_progresses_is_given_up_and_reported() {
         events.iter().any(|e| matches!(e, AppEvent::Undecryptable { id: i, reason: UndecryptableReason::Media { .. }, .. } if *i == id)),
         "{events:?}"
     );
+}
+
+#[test]
+#[should_panic(expected = "differ from a full save")]
+fn the_harness_catches_a_change_left_out_of_an_incremental_save() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    journal::FORGET_TOUCHES.with(|f| f.set(true));
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now).unwrap());
+    net.pump();
+}
+
+#[test]
+fn incremental_saves_carry_what_changed_not_the_whole_state() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    for _ in 0..200 {
+        net.call("alice", |c, now| c.send_text(&u("bob"), b"hello", now).unwrap());
+        net.tick("alice", 3, 1_000, |_, _| Fate::Deliver);
+    }
+    let journal_len = |net: &Net, name: &str| net.nodes[&u(name)].change_lens.clone();
+    let (alice_before, bob_before) = (journal_len(&net, "alice").len(), journal_len(&net, "bob").len());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"one more", now).unwrap());
+    net.tick("alice", 3, 1_000, |_, _| Fate::Deliver);
+    for name in ["alice", "bob"] {
+        let full = net.client(name).save().as_bytes().len();
+        let before = if name == "alice" { alice_before } else { bob_before };
+        let recent = journal_len(&net, name);
+        assert!(recent.len() > before, "{name} saved changes");
+        // Each save of the last message carries a ratchet step, a status or
+        // dedup entry and small counters: not the 200 messages before it,
+        // nor the hundred one-time prekeys.
+        for len in &recent[before..] {
+            assert!(len * 8 < full, "{name}: a change of {len} bytes vs a full save of {full} bytes");
+        }
+    }
 }
