@@ -1469,7 +1469,13 @@ impl Client {
         self.flush_changes(now_ms);
         self.flush_outbox(now_ms);
         self.flush_media(now_ms);
-        if self.state.control.batch_receipts(&mut self.state.rng) {
+        // While a receipt frame is held back by the pacer, new receipts wait
+        // and join the next batch: batching each call's receipts into a frame
+        // of its own spent a receiver's frame budget on receipts of one or
+        // two messages each, and its deliveries waited behind them.
+        let receipt_held =
+            self.vol.transmits.iter().skip(self.vol.released).any(|f| matches!(f, ClientFrame::Receipt { .. }));
+        if !receipt_held && self.state.control.batch_receipts(&mut self.state.rng) {
             self.touch();
         }
         for batch in self.state.control.batches() {

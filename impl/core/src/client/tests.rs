@@ -1494,3 +1494,40 @@ fn incremental_saves_carry_what_changed_not_the_whole_state() {
         }
     }
 }
+
+#[test]
+fn receipts_owed_while_a_receipt_frame_is_held_wait_and_join_one_batch() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    // From now on Bob may send about one frame a second: what he owes
+    // queues behind his pacer.
+    {
+        let bob = &mut net.node(&u("bob")).client;
+        bob.config.pace = pacer::Pace::under(2, 2);
+        bob.vol.pacer = None;
+    }
+    let mut sent = BTreeSet::new();
+    for i in 0..6u8 {
+        sent.insert(net.call("alice", |c, now| c.send_text(&u("bob"), &[i], now).unwrap()));
+        net.pump();
+        net.advance(100);
+    }
+    for _ in 0..60 {
+        net.advance(1_000);
+    }
+    let receipts: Vec<&Vec<MessageId>> = net
+        .sent
+        .iter()
+        .filter_map(|(who, f)| match f {
+            ClientFrame::Receipt { kind: ReceiptKind::Delivered, message_ids, .. } if *who == u("bob") => {
+                Some(message_ids)
+            }
+            _ => None,
+        })
+        .collect();
+    let covered: BTreeSet<MessageId> = receipts.iter().flat_map(|ids| ids.iter().copied()).collect();
+    assert_eq!(covered, sent, "every message got its delivered receipt");
+    // The first leaves at once, the second waits for the budget, and the
+    // four owed meanwhile go together once it left (without the wait, one
+    // frame per delivery).
+    assert!(receipts.len() <= 3, "{} receipt frames for 6 messages: {receipts:?}", receipts.len());
+}
