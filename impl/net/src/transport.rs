@@ -35,6 +35,7 @@ impl Acceptor for tokio::net::TcpListener {
 
     async fn accept(&self) -> io::Result<(Self::Stream, String)> {
         let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        no_delay(&stream);
         Ok((stream, peer.to_string()))
     }
 }
@@ -59,7 +60,20 @@ impl Connector for TcpConnector {
     async fn connect(&self, host: &str, port: u16) -> io::Result<Self::Stream> {
         // An IPv6 literal arrives in URL brackets; the resolver wants it bare.
         let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        tokio::net::TcpStream::connect((host, port)).await
+        let stream = tokio::net::TcpStream::connect((host, port)).await?;
+        no_delay(&stream);
+        Ok(stream)
+    }
+}
+
+/// Turns Nagle's algorithm off. Frames are small and each is written as soon
+/// as it is ready (the writers batch what is queued themselves); with Nagle
+/// on, a frame written while an earlier one awaited its ACK waited for the
+/// peer's delayed ACK: about 40 ms at the median even at 2,000 msgs/s.
+/// Failing to set it costs latency, not correctness, so it is only logged.
+fn no_delay(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
 }
 
@@ -113,6 +127,15 @@ pub fn ws_target(url: &str) -> Result<(String, u16), UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn both_ends_of_a_real_tcp_connection_send_without_nagle_delay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (client, accepted) = tokio::join!(TcpConnector.connect("127.0.0.1", port), Acceptor::accept(&listener));
+        assert!(client.unwrap().nodelay().unwrap(), "connector");
+        assert!(accepted.unwrap().0.nodelay().unwrap(), "acceptor");
+    }
 
     #[test]
     fn ws_target_reads_host_and_port_and_defaults_the_port() {
