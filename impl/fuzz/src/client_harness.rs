@@ -24,12 +24,16 @@
 //!   and he knows no group alice did not make: the server cannot add a member;
 //! - bounded: frames bob sends fit `FRAME_LEN_MAX` and are bounded in number
 //!   per input; his saved state stays under [`SAVE_LEN_MAX`];
-//! - every save restores and re-saves to the same bytes.
+//! - every save restores and re-saves to the same bytes; bob saves
+//!   incrementally, and his last full save with the changes after it is
+//!   byte for byte his full save.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use bluetick_core::client::{AppEvent, Client, ClientConfig, SavedClient, PRIMARY_DEVICE};
+use bluetick_core::client::{
+    AppEvent, Client, ClientConfig, IncrementalSave, SavedChanges, SavedClient, PRIMARY_DEVICE,
+};
 use bluetick_core::ids::{DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 use bluetick_core::server::{ConnId, Server, ServerConfig, ServerOutput};
 use bluetick_core::store::MemoryStore;
@@ -236,7 +240,12 @@ fn build_base() -> Base {
 struct Rig {
     bob: Client,
     now_ms: u64,
+    /// What a crash restores: `full` with `changes` applied.
     saved: SavedClient,
+    /// Bob saves incrementally, as the tokio driver does: his last full
+    /// save and the changes after it.
+    full: SavedClient,
+    changes: Vec<SavedChanges>,
     shown: BTreeSet<(UserId, MessageId)>,
     /// Whose identity key bob holds for each user, as far as the messages he
     /// was shown tell (he pins his own at creation).
@@ -253,14 +262,34 @@ impl Rig {
         let now_ms = START_MS + 3_600_000;
         bob.handle_connected(now_ms);
         let pinned = BTreeMap::from([(user("bob"), user("bob"))]);
-        Rig { bob, now_ms, saved: b.saved.clone(), shown: BTreeSet::new(), pinned, warned: BTreeSet::new() }
+        Rig {
+            bob,
+            now_ms,
+            saved: b.saved.clone(),
+            full: b.saved.clone(),
+            changes: Vec::new(),
+            shown: BTreeSet::new(),
+            pinned,
+            warned: BTreeSet::new(),
+        }
     }
 
     /// Saves, then checks what the last input made bob send and show.
     fn after_input(&mut self, what: &str) {
         let b = base();
         if self.bob.is_dirty() {
-            self.saved = self.bob.save();
+            match self.bob.save_incremental(self.changes.len() >= 4) {
+                IncrementalSave::Full(full) => {
+                    self.full = full;
+                    self.changes.clear();
+                }
+                IncrementalSave::Changes(c) => self.changes.push(c),
+            }
+            self.saved = self
+                .full
+                .apply_changes(&self.changes)
+                .unwrap_or_else(|e| panic!("saved changes do not apply, after {what}: {e}"));
+            assert!(self.saved == self.bob.save(), "saved changes lead elsewhere than a full save, after {what}");
         }
         let mut sent = 0;
         while let Some(frame) = self.bob.poll_transmit() {
