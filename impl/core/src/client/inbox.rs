@@ -49,7 +49,7 @@ pub enum Conversation {
 }
 
 /// Dedup set, unread lists and held group messages.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Inbox {
     /// (sender, id) → server timestamp.
     seen: Table<(DeviceAddress, MessageId), u64>,
@@ -209,6 +209,32 @@ mod tests {
         // Timestamps were 10, 9, 8, 7, 6: the lowest server timestamps go first.
         assert!(inbox.seen(&addr("alice"), &MessageId([0; 16])));
         assert!(!inbox.seen(&addr("alice"), &MessageId([4; 16])));
+    }
+
+    fn restored(inbox: &Inbox) -> Inbox {
+        let mut back: Inbox = postcard::from_bytes(&postcard::to_allocvec(inbox).unwrap()).unwrap();
+        back.rebuild();
+        back
+    }
+
+    #[test]
+    fn the_indexes_left_out_of_a_save_are_rebuilt_after_a_restore() {
+        let alice = UserId::new("alice").unwrap();
+        let conv = Conversation::Direct(alice.clone());
+        let mut inbox = Inbox::default();
+        inbox.record(&addr("alice"), MessageId([1; 16]), 100, 1_000, 10);
+        for i in 0..3u8 {
+            inbox.add_unread(conv.clone(), alice.clone(), MessageId([i; 16]), 3);
+        }
+        let mut back = restored(&inbox);
+        // Eviction by server time still knows the restored entry.
+        back.record(&addr("alice"), MessageId([2; 16]), 1_101, 1_000, 10);
+        assert!(!back.seen(&addr("alice"), &MessageId([1; 16])), "the restored id is past the window");
+        assert_eq!(back.seen_len(), 1);
+        // The unread cap still counts the restored messages.
+        back.add_unread(conv.clone(), alice.clone(), MessageId([3; 16]), 3);
+        let taken = back.take_unread(&conv);
+        assert_eq!(taken.iter().map(|(_, id)| id.0[0]).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]

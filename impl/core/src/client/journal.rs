@@ -94,7 +94,7 @@ impl fmt::Debug for SavedChanges {
 }
 
 /// An ordered map that can report which keys changed. Encodes as the plain
-/// map (empty inside [`encode_head`]); compares by content only.
+/// map (empty inside [`encode_head`]).
 pub(crate) struct Table<K, V> {
     map: BTreeMap<K, V>,
     /// Keys inserted, changed or removed since the last drain; `None` while
@@ -108,20 +108,6 @@ impl<K, V> Default for Table<K, V> {
         Table { map: BTreeMap::new(), touched: None }
     }
 }
-
-impl<K: Clone, V: Clone> Clone for Table<K, V> {
-    fn clone(&self) -> Self {
-        Table { map: self.map.clone(), touched: self.touched.clone() }
-    }
-}
-
-impl<K: PartialEq, V: PartialEq> PartialEq for Table<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.map == other.map
-    }
-}
-
-impl<K: Eq, V: Eq> Eq for Table<K, V> {}
 
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Table<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -300,7 +286,7 @@ where
 mod tests {
     use super::*;
 
-    #[derive(Serialize, Deserialize, PartialEq, Debug, Default)]
+    #[derive(Serialize, Deserialize, Debug, Default)]
     struct Doc {
         before: u32,
         table: Table<u32, String>,

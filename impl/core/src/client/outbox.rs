@@ -72,7 +72,7 @@ pub(crate) struct OutboxFull {
 }
 
 /// Queued sends in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Outbox {
     entries: Table<u64, OutboxEntry>,
     /// Rebuilt after a restore.
@@ -161,6 +161,19 @@ mod tests {
             cursor = seq + 1;
         }
         assert_eq!(ids, vec![1, 3]);
+    }
+
+    #[test]
+    fn the_id_index_is_rebuilt_after_a_restore() {
+        let mut o = Outbox::default();
+        for i in 1..=3 {
+            o.push(entry(i, "bob"), 10).unwrap();
+        }
+        let mut back: Outbox = postcard::from_bytes(&postcard::to_allocvec(&o).unwrap()).unwrap();
+        back.rebuild();
+        assert!(back.remove(&MessageId([2; 16])).is_some(), "an ack after a restore finds its entry");
+        assert!(back.get_mut(&MessageId([3; 16])).is_some());
+        assert_eq!(back.len(), 2);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl MessageStatus {
 /// Ticks of every tracked sent message, bounded by a cap on how many. One
 /// table entry per (message, recipient), so a receipt from one member of a
 /// 1,024-member group changes one small entry of an incremental save.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct StatusBook {
     /// Tracked message → its place in `order`.
     tracked: Table<MessageId, u64>,

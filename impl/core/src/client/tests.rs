@@ -111,14 +111,15 @@ impl Net {
         if node.client.is_dirty() {
             // Saved incrementally, as the tokio driver does, with a full save
             // every few changes; what they restore to must be the full save.
+            // Stored as bytes, as a driver stores them.
             match node.client.save_incremental(node.changes.len() >= 5) {
                 IncrementalSave::Full(full) => {
-                    node.base = full;
+                    node.base = SavedClient::from_bytes(full.as_bytes().to_vec());
                     node.changes.clear();
                 }
                 IncrementalSave::Changes(c) => {
                     node.change_lens.push(c.as_bytes().len());
-                    node.changes.push(c);
+                    node.changes.push(SavedChanges::from_bytes(c.as_bytes().to_vec()));
                 }
             }
             node.saved = node.base.apply_changes(&node.changes).unwrap_or_else(|e| panic!("{name:?}: {e}"));
