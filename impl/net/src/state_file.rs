@@ -181,6 +181,34 @@ mod tests {
     }
 
     #[test]
+    fn a_full_save_without_a_log_reads_as_itself() {
+        // The first full save is renamed into place before its log is: a
+        // crash between leaves no log at all.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.bin");
+        save_atomically(&path, b"first").unwrap();
+        let (full, log) = read_state(&path).unwrap().unwrap();
+        assert_eq!((full.as_bytes(), log.len()), (&b"first"[..], 0));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_save_or_log_that_cannot_be_read_is_an_error_not_a_fresh_start() {
+        // Reading "no save" where there is one would make a new identity.
+        // A symlink to itself fails to open with something other than
+        // "not found" (even for root, unlike permissions).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.bin");
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        assert!(read_state(&path).is_err(), "unreadable save");
+        std::fs::remove_file(&path).unwrap();
+        save_atomically(&path, b"full").unwrap();
+        let log = log_path(&path);
+        std::os::unix::fs::symlink(&log, &log).unwrap();
+        assert!(read_state(&path).is_err(), "unreadable log");
+    }
+
+    #[test]
     fn a_log_left_from_an_older_full_save_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.bin");
