@@ -650,7 +650,7 @@ impl State {
 impl State {
     /// Every table, in a fixed order: a change names its table by position.
     fn tables(&mut self) -> Vec<&mut dyn Journaled> {
-        let mut all: Vec<&mut dyn Journaled> = Vec::with_capacity(11);
+        let mut all: Vec<&mut dyn Journaled> = Vec::with_capacity(10);
         all.extend(self.statuses.tables());
         all.extend(self.inbox.tables());
         all.extend(self.outbox.tables());
@@ -676,6 +676,7 @@ impl State {
     fn rebuild(&mut self) {
         self.inbox.rebuild();
         self.outbox.rebuild();
+        self.statuses.rebuild();
     }
 }
 

@@ -68,8 +68,9 @@ impl MessageStatus {
 /// 1,024-member group changes one small entry of an incremental save.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct StatusBook {
-    /// Tracked message → its place in `order`.
-    tracked: Table<MessageId, u64>,
+    /// Tracked message → its place in `order`; rebuilt after a restore.
+    #[serde(skip)]
+    tracked: BTreeMap<MessageId, u64>,
     /// Tracking order, oldest first, for eviction.
     order: Table<u64, MessageId>,
     next: u64,
@@ -158,9 +159,14 @@ impl StatusBook {
         changed
     }
 
+    /// Rebuilds the index a save leaves out.
+    pub fn rebuild(&mut self) {
+        self.tracked = self.order.iter().map(|(seq, id)| (*id, *seq)).collect();
+    }
+
     /// The tables, for incremental saves.
-    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 3] {
-        [&mut self.tracked, &mut self.order, &mut self.states]
+    pub(crate) fn tables(&mut self) -> [&mut dyn Journaled; 2] {
+        [&mut self.order, &mut self.states]
     }
 }
 
@@ -230,5 +236,20 @@ mod tests {
         book.track(MessageId([3; 16]), [alice.clone()], 2);
         assert!(book.get(&m1).is_none(), "oldest forgotten beyond the cap");
         assert!(book.get(&MessageId([3; 16])).is_some());
+    }
+
+    #[test]
+    fn the_tracking_index_is_rebuilt_after_a_restore() {
+        let alice = UserId::new("alice").unwrap();
+        let mut book = StatusBook::default();
+        for i in 1..=2u8 {
+            book.track(MessageId([i; 16]), [alice.clone()], 2);
+        }
+        let mut back: StatusBook = postcard::from_bytes(&postcard::to_allocvec(&book).unwrap()).unwrap();
+        back.rebuild();
+        assert_eq!(back.get(&MessageId([1; 16])).unwrap().of(&alice), Some(Pending));
+        back.track(MessageId([3; 16]), [alice.clone()], 2);
+        assert!(back.get(&MessageId([1; 16])).is_none(), "the oldest is still the first evicted");
+        assert!(back.get(&MessageId([2; 16])).is_some() && back.get(&MessageId([3; 16])).is_some());
     }
 }
