@@ -624,7 +624,7 @@ where
         attempt: 0,
         online: false,
         want_online,
-        file: Arc::new(std::sync::Mutex::new(StateFile::new(save_path))),
+        file: Arc::new(crate::sync::Mutex::new(StateFile::new(save_path))),
         since_full: 0,
         full_len: None,
     };
@@ -646,7 +646,7 @@ struct Driver<R, C> {
     /// Whether the app wants a connection ([`ClientHandle::set_online`]).
     want_online: bool,
     /// The save file and its log (unless [`ClientOptions::saver`] is set).
-    file: Arc<std::sync::Mutex<StateFile>>,
+    file: Arc<crate::sync::Mutex<StateFile>>,
     /// Bytes of changes saved since the last full save, and that save's size
     /// (`None` until this driver made one: a client handed over from another
     /// driver may be journaling already, but this driver's store starts with
@@ -1154,7 +1154,7 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
         let file = Arc::clone(&self.file);
         let path = self.options.save_path.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut file = crate::sync::lock(&file);
             match &save {
                 IncrementalSave::Full(state) => file.write_full(state),
                 IncrementalSave::Changes(changes) => file.append(changes),

@@ -67,9 +67,13 @@ impl SaveSlot {
         }
     }
 
+    /// The device as a restart finds it (`None` before its first save).
+    fn restore(&self) -> Result<Option<Client>, RestoreError> {
+        self.current()?.map(|s| Client::restore(self.config.clone(), &s)).transpose()
+    }
+
     fn verify(&self) {
-        let restored = self.current().and_then(|s| s.map(|s| Client::restore(self.config.clone(), &s)).transpose());
-        if let Err(e) = restored {
+        if let Err(e) = self.restore() {
             lock(&self.log).push(Record::Violation(Violation {
                 invariant: "client-save-restorable",
                 at_ms: sim_now_ms(),
@@ -157,30 +161,19 @@ impl Device {
         if let Some(h) = self.handle.take() {
             h.kill();
         }
-        let saved = self.slot.current();
-        let client = match saved {
-            Ok(Some(saved)) => match Client::restore(self.slot.config.clone(), &saved) {
-                Ok(c) => c,
-                Err(e) => {
-                    lock(&self.slot.log).push(Record::Violation(Violation {
-                        invariant: "client-recovers",
-                        at_ms: sim_now_ms(),
-                        detail: format!("{:?} could not restore its saved state: {e}", self.user),
-                    }));
-                    return;
-                }
-            },
+        let client = match self.slot.restore() {
+            Ok(Some(client)) => client,
+            // Killed before its first save: the device never existed on
+            // disk, so it is built again from its seed.
+            Ok(None) => Client::new(self.slot.config.clone(), self.seed, EPOCH_MS),
             Err(e) => {
                 lock(&self.slot.log).push(Record::Violation(Violation {
                     invariant: "client-recovers",
                     at_ms: sim_now_ms(),
-                    detail: format!("{:?}'s saved changes do not apply: {e}", self.user),
+                    detail: format!("{:?} could not restore its saved state: {e}", self.user),
                 }));
                 return;
             }
-            // Killed before its first save: the device never existed on
-            // disk, so it is built again from its seed.
-            Ok(None) => Client::new(self.slot.config.clone(), self.seed, EPOCH_MS),
         };
         self.start(client);
     }
