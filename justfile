@@ -82,6 +82,14 @@ bench-sim:
     n=$(echo "$out" | sed -n 's/.*app_deliveries=\([0-9]*\).*/\1/p')
     awk -v n="$n" -v s="$start" -v e="$end" 'BEGIN { printf "direct driver, symbolic-insecure: %d deliveries in %.1f s wall = %.0f deliveries/wall s\n", n, e - s, n / (e - s) }'
     cargo test --release -p bluetick-sim --test turmoil_bench -- --ignored --nocapture
+    # The 1,024-member group with churn and loss over 60 simulated seconds on the turmoil driver (goal < 30 s wall).
+    for suite in bluetick-v1 symbolic-insecure; do
+        sed "s/^suite = .*/suite = \"$suite\"/" scenarios/bench/group-1024-60s.toml > target/bench-sim/group-1024-60s-$suite.toml
+        start=$(date +%s.%N)
+        target/release/bluetick run target/bench-sim/group-1024-60s-$suite.toml --driver turmoil --out target/bench-sim -q
+        end=$(date +%s.%N)
+        awk -v s="$start" -v e="$end" -v k="$suite" 'BEGIN { printf "turmoil driver, group-1024-60s, %s: %.1f s wall\n", k, e - s }'
+    done
 
 # Loom model checks of the net crate's hand-written concurrency (group commit handoff); a cold build takes ~5 min.
 loom:

@@ -29,6 +29,7 @@ impl DirectDriver {
             suite: config.suite,
             client_resend_after_ms: config.resend_after_ms,
             reconnect_after_ms: config.reconnect_after_ms,
+            client_bundle_fetches_per_minute: config.bundle_fetches_per_minute,
             verify_saves: false,
             trace: true,
             record_ciphertexts,

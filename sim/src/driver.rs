@@ -39,6 +39,8 @@ pub struct DriverConfig {
     pub resend_after_ms: u64,
     /// A disconnected online user reconnects after this long.
     pub reconnect_after_ms: u64,
+    /// Key bundles each client fetches per minute.
+    pub bundle_fetches_per_minute: usize,
     /// Cipher suite of every device.
     pub suite: CipherSuite,
 }

@@ -306,6 +306,7 @@ fn server_config(s: &Scenario) -> ServerConfig {
     c.ttl_media_ms = s.server.ttl_media_ms;
     c.ack_timeout_ms = s.server.ack_timeout_ms;
     c.delivery_window = s.server.delivery_window as usize;
+    c.bundle_fetches_per_minute = s.server.bundle_fetches_per_min;
     c.bugs = ServerBugs {
         mailbox: s.bugs.mailbox.map(|b| match b {
             MailboxBugName::DeleteOnSend => MailboxBug::DeleteOnSend,
@@ -443,6 +444,7 @@ pub fn run_keeping_driver(s: &Scenario, opts: &RunOptions) -> Result<(RunOutcome
         client_bugs: client_bugs(s),
         resend_after_ms: s.clients.resend_after_ms,
         reconnect_after_ms: s.clients.reconnect_after_ms,
+        bundle_fetches_per_minute: s.clients.bundle_fetches_per_min as usize,
         suite: s.suite,
     };
     let d = make_driver(kind, &config, !s.faults.compromises.is_empty())?;

@@ -187,3 +187,11 @@ fn an_unknown_suite_lists_the_known_ones() {
     assert!(e.starts_with("t.toml:4:9: scenario.suite: "), "{e}");
     assert!(e.contains("symbolic-insecure") && e.contains("bluetick-v1"), "{e}");
 }
+
+#[test]
+fn a_bundle_fetch_rate_of_zero_or_past_the_cap_is_refused() {
+    let e = one(&format!("{HEAD}[server]\nbundle_fetches_per_min = 0\n"));
+    assert_eq!(e, "t.toml:8:26: server.bundle_fetches_per_min: must be 1 to 1000000, got 0");
+    let e = one(&format!("{HEAD}[clients]\nbundle_fetches_per_min = 2000000\n"));
+    assert_eq!(e, "t.toml:8:26: clients.bundle_fetches_per_min: must be 1 to 1000000, got 2000000");
+}

@@ -265,6 +265,7 @@ fn the_direct_and_the_turmoil_driver_agree_on_a_small_story() {
         client_bugs: config.world.client_bugs.clone(),
         resend_after_ms: config.world.client_resend_after_ms,
         reconnect_after_ms: config.world.reconnect_after_ms,
+        bundle_fetches_per_minute: config.world.client_bundle_fetches_per_minute,
         suite: config.world.suite,
     };
     let mut direct = bluetick_sim::direct::DirectDriver::new(&driver_config, false);

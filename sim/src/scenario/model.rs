@@ -511,6 +511,8 @@ pub struct ServerSection {
     pub ack_timeout: Option<DurationMs>,
     /// Deliveries in flight per device (default 64).
     pub delivery_window: Option<u32>,
+    /// Key bundles one device may fetch per minute (default 30).
+    pub bundle_fetches_per_min: Option<u32>,
 }
 
 /// `[clients]`.
@@ -521,6 +523,8 @@ pub struct ClientsSection {
     pub resend_after: Option<DurationMs>,
     /// Reconnect after a dropped connection (default `"500ms"`).
     pub reconnect_after: Option<DurationMs>,
+    /// Key bundles a client fetches per minute (default 24).
+    pub bundle_fetches_per_min: Option<u32>,
 }
 
 /// Server mailbox bugs.

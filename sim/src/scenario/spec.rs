@@ -375,6 +375,8 @@ pub struct ServerTunables {
     pub ack_timeout_ms: u64,
     /// Delivery window.
     pub delivery_window: u32,
+    /// Bundle fetches per device per minute.
+    pub bundle_fetches_per_min: u32,
 }
 
 /// Client tunables.
@@ -384,6 +386,8 @@ pub struct ClientTunables {
     pub resend_after_ms: u64,
     /// Reconnect delay, ms.
     pub reconnect_after_ms: u64,
+    /// Bundle fetches per client per minute.
+    pub bundle_fetches_per_min: u32,
 }
 
 /// Deliberate bugs.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bluetick_core::client::BUNDLE_FETCHES_PER_WINDOW;
 use bluetick_core::ids::UserId;
 use bluetick_core::server::machine::DAY_MS;
 use bluetick_core::server::ServerConfig;
@@ -39,6 +40,10 @@ pub const NAME_LEN_MAX: usize = 64;
 pub const BODY_BYTES_MIN: u32 = 32;
 /// Largest text body the client accepts.
 pub const BODY_BYTES_MAX: u32 = bluetick_core::client::BODY_LEN_MAX as u32;
+/// Largest key-bundle fetch rate a scenario may set, per minute: enough for
+/// every member of the largest group in a second.
+pub const BUNDLE_FETCHES_PER_MIN_MAX: u32 = 1_000_000;
+
 /// Largest media the scenario may send: 16 MiB, the client's limit.
 pub const MEDIA_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Most messages in one burst.
@@ -910,6 +915,7 @@ impl Checker<'_> {
             ttl_media_ms: d.ttl_media_ms,
             ack_timeout_ms: d.ack_timeout_ms,
             delivery_window: u32::try_from(d.delivery_window).unwrap_or(u32::MAX),
+            bundle_fetches_per_min: d.bundle_fetches_per_minute,
         };
         if let Some(s) = s {
             let mut zero = Vec::new();
@@ -934,12 +940,20 @@ impl Checker<'_> {
                 }
                 t.delivery_window = w;
             }
+            if let Some(n) = s.bundle_fetches_per_min {
+                self.fetch_rate("server.bundle_fetches_per_min", n);
+                t.bundle_fetches_per_min = n;
+            }
         }
         t
     }
 
     fn clients(&mut self, c: Option<&ClientsSection>) -> ClientTunables {
-        let mut t = ClientTunables { resend_after_ms: 2_000, reconnect_after_ms: 500 };
+        let mut t = ClientTunables {
+            resend_after_ms: 2_000,
+            reconnect_after_ms: 500,
+            bundle_fetches_per_min: BUNDLE_FETCHES_PER_WINDOW as u32,
+        };
         if let Some(c) = c {
             if let Some(r) = c.resend_after {
                 if r.0 == 0 {
@@ -950,8 +964,18 @@ impl Checker<'_> {
             if let Some(r) = c.reconnect_after {
                 t.reconnect_after_ms = r.0;
             }
+            if let Some(n) = c.bundle_fetches_per_min {
+                self.fetch_rate("clients.bundle_fetches_per_min", n);
+                t.bundle_fetches_per_min = n;
+            }
         }
         t
+    }
+
+    fn fetch_rate(&mut self, key: &str, n: u32) {
+        if n == 0 || n > BUNDLE_FETCHES_PER_MIN_MAX {
+            self.err(key, format!("must be 1 to {BUNDLE_FETCHES_PER_MIN_MAX}, got {n}"));
+        }
     }
 
     fn bugs(&mut self, b: Option<&BugsSection>) -> Bugs {

@@ -199,6 +199,7 @@ impl TurmoilConfig {
             suite: config.suite,
             client_resend_after_ms: config.resend_after_ms,
             reconnect_after_ms: config.reconnect_after_ms,
+            client_bundle_fetches_per_minute: config.bundle_fetches_per_minute,
             verify_saves: false,
             trace: true,
             record_ciphertexts: false,
@@ -395,6 +396,7 @@ impl TurmoilDriver {
                 let config = ClientConfig {
                     suite: world.suite,
                     resend_after_ms: world.client_resend_after_ms,
+                    bundle_fetches_per_minute: world.client_bundle_fetches_per_minute,
                     bugs: world.client_bugs.clone(),
                     ..ClientConfig::new(user.clone(), DeviceId(1))
                 };

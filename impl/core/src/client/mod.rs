@@ -177,6 +177,10 @@ pub struct ClientConfig {
     pub prekey_batch: usize,
     /// Send budget per connection, under the server's frame limit.
     pub pace: pacer::Pace,
+    /// Key bundles this client fetches per [`BUNDLE_FETCH_WINDOW_MS`], to
+    /// stay under the server's limit ([`BUNDLE_FETCHES_PER_WINDOW`] by
+    /// default, for the server's default; values below 1 are treated as 1).
+    pub bundle_fetches_per_minute: usize,
     /// Deliberate bugs, off by default.
     pub bugs: ClientBugs,
 }
@@ -191,6 +195,7 @@ impl ClientConfig {
             resend_after_ms: DEFAULT_RESEND_AFTER_MS,
             prekey_batch: DEFAULT_PREKEY_BATCH,
             pace: pacer::Pace::default(),
+            bundle_fetches_per_minute: BUNDLE_FETCHES_PER_WINDOW,
             bugs: ClientBugs::none(),
         }
     }
@@ -1700,7 +1705,7 @@ impl Client {
         while self.vol.fetch_log.front().is_some_and(|at| at.saturating_add(BUNDLE_FETCH_WINDOW_MS) <= now_ms) {
             self.vol.fetch_log.pop_front();
         }
-        if self.vol.fetch_log.len() >= BUNDLE_FETCHES_PER_WINDOW {
+        if self.vol.fetch_log.len() >= self.config.bundle_fetches_per_minute.max(1) {
             self.vol.fetch_blocked = true;
             return None;
         }

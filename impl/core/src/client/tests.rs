@@ -1382,6 +1382,38 @@ fn bundle_fetches_held_by_the_rate_limit_go_when_the_window_passes() {
     assert_eq!(reached(&net), contacts);
 }
 
+/// A client told it may fetch more bundles a minute (a scale simulation
+/// does, with the server's limit raised to match) reaches that many contacts
+/// at once, and no more.
+#[test]
+fn a_raised_bundle_fetch_pace_reaches_more_contacts_at_once() {
+    // Past the server's default limit too, so both ends must honour the setting.
+    let pace = BUNDLE_FETCHES_PER_WINDOW + 20;
+    let contacts = pace + 6;
+    let names: Vec<String> = (0..contacts).map(|i| format!("c{i:02}")).collect();
+    let mut all: Vec<&str> = vec!["alice"];
+    all.extend(names.iter().map(String::as_str));
+    let mut net = Net::new();
+    net.server = Server::new(ServerConfig { bundle_fetches_per_minute: pace as u32, ..ServerConfig::default() }, 7);
+    for (i, name) in all.iter().enumerate() {
+        net.add(name, 100 + i as u64, ClientBugs::none());
+        if i == 0 {
+            let node = net.node(&u(name));
+            node.config.bundle_fetches_per_minute = pace;
+            node.client.config.bundle_fetches_per_minute = pace;
+        }
+        net.connect(name);
+    }
+    for name in &names {
+        net.call("alice", |c, now| c.send_text(&u(name), b"hello", now)).unwrap();
+    }
+    net.pump();
+    let reached = names.iter().filter(|n| net.bodies(n) == vec![b"hello".to_vec()]).count();
+    // (Her own bundle, fetched to confirm her prekey upload, took a slot too.)
+    let server_default = crate::server::keys::BUNDLE_FETCHES_PER_MINUTE_MAX as usize;
+    assert!(reached > server_default && reached <= pace, "{reached} of {contacts} at once");
+}
+
 fn connection_hash(c: &Client) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     c.hash_connection_state(T0, &mut h);

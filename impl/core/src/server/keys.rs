@@ -56,8 +56,10 @@ pub const PREKEY_LOW_WATER: u32 = 10;
 pub const BUNDLE_FETCHES_PER_MINUTE_MAX: u32 = 30;
 
 /// Fetches a requester may make at once after being idle: the same as the
-/// per-minute rate, so opening a group of 30 members does not stall.
-pub const BUNDLE_FETCH_BURST: u32 = 30;
+/// per-minute rate (as with a tuned limit, see
+/// [`KeyDirectory::set_fetches_per_minute`]), so opening a group of 30
+/// members does not stall.
+pub const BUNDLE_FETCH_BURST: u32 = BUNDLE_FETCHES_PER_MINUTE_MAX;
 
 /// The period [`BUNDLE_FETCHES_PER_MINUTE_MAX`] refers to, in ms.
 pub const RATE_PERIOD_MS: u64 = 60_000;
@@ -236,8 +238,9 @@ pub struct KeyCounters {
 }
 
 /// A requester's token bucket, in units of 1/[`RATE_PERIOD_MS`] token so that
-/// refill is exact integer arithmetic: one ms adds
-/// [`BUNDLE_FETCHES_PER_MINUTE_MAX`] units and a fetch costs [`RATE_PERIOD_MS`].
+/// refill is exact integer arithmetic: one ms adds `per_minute` units (the
+/// directory's limit, [`BUNDLE_FETCHES_PER_MINUTE_MAX`] by default), a fetch
+/// costs [`RATE_PERIOD_MS`], and a full bucket holds a minute's worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     units: u64,
@@ -245,23 +248,30 @@ struct Bucket {
 }
 
 const FETCH_COST_UNITS: u64 = RATE_PERIOD_MS;
-const REFILL_UNITS_PER_MS: u64 = BUNDLE_FETCHES_PER_MINUTE_MAX as u64;
-const BUCKET_CAPACITY_UNITS: u64 = BUNDLE_FETCH_BURST as u64 * RATE_PERIOD_MS;
+
+fn capacity_units(per_minute: u32) -> u64 {
+    u64::from(per_minute) * RATE_PERIOD_MS
+}
 
 impl Bucket {
-    fn full(now_ms: u64) -> Self {
-        Bucket { units: BUCKET_CAPACITY_UNITS, at_ms: now_ms }
+    fn full(now_ms: u64, per_minute: u32) -> Self {
+        Bucket { units: capacity_units(per_minute), at_ms: now_ms }
     }
 
     /// The level at `now_ms`. A clock that steps back refills nothing.
-    fn level(&self, now_ms: u64) -> u64 {
+    fn level(&self, now_ms: u64, per_minute: u32) -> u64 {
         let elapsed = now_ms.saturating_sub(self.at_ms);
-        self.units.saturating_add(elapsed.saturating_mul(REFILL_UNITS_PER_MS)).min(BUCKET_CAPACITY_UNITS)
+        self.units.saturating_add(elapsed.saturating_mul(u64::from(per_minute))).min(capacity_units(per_minute))
     }
 }
 
+// Directories saved before the limit was tunable keep its old value.
+fn default_fetches_per_minute() -> u32 {
+    BUNDLE_FETCHES_PER_MINUTE_MAX
+}
+
 /// The key distribution service's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyDirectory {
     devices: BTreeMap<DeviceAddress, DeviceKeys>,
     /// Volatile: see the module documentation.
@@ -269,6 +279,22 @@ pub struct KeyDirectory {
     dirty: BTreeSet<DeviceAddress>,
     counters: KeyCounters,
     bug: Option<KeyBug>,
+    /// Fetches per minute and burst per requester (at least 1).
+    #[serde(default = "default_fetches_per_minute")]
+    fetches_per_minute: u32,
+}
+
+impl Default for KeyDirectory {
+    fn default() -> Self {
+        KeyDirectory {
+            devices: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            counters: KeyCounters::default(),
+            bug: None,
+            fetches_per_minute: BUNDLE_FETCHES_PER_MINUTE_MAX,
+        }
+    }
 }
 
 impl KeyDirectory {
@@ -280,6 +306,14 @@ impl KeyDirectory {
     /// Switches a deliberate bug on (or off with `None`); see [`KeyBug`].
     pub fn set_bug(&mut self, bug: Option<KeyBug>) {
         self.bug = bug;
+    }
+
+    /// Sets the bundle fetches one requester may make per minute, which is
+    /// also its burst after being idle (values below 1 are treated as 1).
+    /// A test or scale simulation that sets up large groups in seconds raises
+    /// it; the default is [`BUNDLE_FETCHES_PER_MINUTE_MAX`].
+    pub fn set_fetches_per_minute(&mut self, per_minute: u32) {
+        self.fetches_per_minute = per_minute.max(1);
     }
 
     /// Binds `addr` to `identity_key`. Registering the same key again is a
@@ -445,12 +479,13 @@ impl KeyDirectory {
         owner: &DeviceAddress,
         now_ms: u64,
     ) -> Result<Fetched, KeyDirError> {
-        let bucket = self.buckets.get(requester).copied().unwrap_or_else(|| Bucket::full(now_ms));
-        let level = bucket.level(now_ms);
+        let per_minute = self.fetches_per_minute.max(1);
+        let bucket = self.buckets.get(requester).copied().unwrap_or_else(|| Bucket::full(now_ms, per_minute));
+        let level = bucket.level(now_ms, per_minute);
         if level < FETCH_COST_UNITS {
             self.counters.rate_limited_total += 1;
             let missing = FETCH_COST_UNITS - level;
-            return Err(KeyDirError::RateLimited { retry_after_ms: missing.div_ceil(REFILL_UNITS_PER_MS) });
+            return Err(KeyDirError::RateLimited { retry_after_ms: missing.div_ceil(u64::from(per_minute)) });
         }
         self.buckets
             .insert(requester.clone(), Bucket { units: level - FETCH_COST_UNITS, at_ms: now_ms.max(bucket.at_ms) });
@@ -484,7 +519,8 @@ impl KeyDirectory {
     /// full bucket behaves exactly like a missing one, so this bounds memory by
     /// recently active requesters without changing behaviour.
     pub fn prune_rate_limits(&mut self, now_ms: u64) {
-        self.buckets.retain(|_, b| b.level(now_ms) < BUCKET_CAPACITY_UNITS);
+        let per_minute = self.fetches_per_minute.max(1);
+        self.buckets.retain(|_, b| b.level(now_ms, per_minute) < capacity_units(per_minute));
     }
 
     /// Devices whose [`DeviceKeys`] changed since the last call, in order; the
@@ -744,6 +780,30 @@ mod tests {
         assert!(matches!(dir.fetch(&mallory, &bob.addr, later), Err(KeyDirError::RateLimited { .. })));
         dir.prune_rate_limits(later + RATE_PERIOD_MS);
         assert!(dir.buckets.is_empty());
+    }
+
+    #[test]
+    fn a_tuned_fetch_limit_sets_both_the_burst_and_the_refill() {
+        let mut dir = KeyDirectory::new();
+        dir.set_fetches_per_minute(120);
+        let bob = Owner::new("bob", 8).registered(&mut dir);
+        let spk = bob.signed(CipherSuite::BluetickV1, 1);
+        dir.upload(&bob.addr, CipherSuite::BluetickV1, &spk, &[]).unwrap();
+        let mallory = addr("mallory");
+        for i in 0..120 {
+            assert!(dir.fetch(&mallory, &bob.addr, 0).is_ok(), "fetch {i} of the burst");
+        }
+        // 120 a minute: one token every 500 ms.
+        assert_eq!(dir.fetch(&mallory, &bob.addr, 0), Err(KeyDirError::RateLimited { retry_after_ms: 500 }));
+        assert!(dir.fetch(&mallory, &bob.addr, 500).is_ok());
+        // Zero would refuse everything and divide by zero: it counts as one.
+        dir.set_fetches_per_minute(0);
+        assert_eq!(
+            dir.fetch(&addr("eve"), &bob.addr, 0).map(|_| ()),
+            Ok(()),
+            "a fresh requester gets its burst of one"
+        );
+        assert_eq!(dir.fetch(&addr("eve"), &bob.addr, 0), Err(KeyDirError::RateLimited { retry_after_ms: 60_000 }));
     }
 
     #[test]

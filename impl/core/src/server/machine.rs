@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BlobId, DeviceAddress, DeviceId, GroupId, MessageId, UserId};
 use crate::server::bodies::{BodyId, BodyStore};
-use crate::server::keys::{KeyBug, KeyDirError, KeyDirectory};
+use crate::server::keys::{KeyBug, KeyDirError, KeyDirectory, BUNDLE_FETCHES_PER_MINUTE_MAX};
 use crate::server::mailbox::{Enqueued, Entry, Mailbox, MailboxBug, MAILBOX_DEPTH_MAX};
 use crate::server::presence::{Presence, PresenceBug};
 use crate::store::{Store, StoreError, Table, WriteBatch};
@@ -112,6 +112,14 @@ pub struct ServerConfig {
     /// Burst allowance on top of the rate ([`FRAMES_BURST_MAX`] by default).
     #[serde(default = "default_frames_burst_max")]
     pub frames_burst_max: u32,
+    /// Key bundles one device may fetch per minute, and at once after being
+    /// idle ([`BUNDLE_FETCHES_PER_MINUTE_MAX`] by default; values below 1 are
+    /// treated as 1). The limit slows draining another device's one-time
+    /// prekeys; a scale simulation that sets up a large group in seconds
+    /// raises it (with the clients' own pace,
+    /// [`ClientConfig::bundle_fetches_per_minute`](crate::client::ClientConfig::bundle_fetches_per_minute)).
+    #[serde(default = "default_bundle_fetches_per_minute")]
+    pub bundle_fetches_per_minute: u32,
     /// Deliberate bugs (tests only).
     pub bugs: ServerBugs,
 }
@@ -125,6 +133,10 @@ fn default_frames_burst_max() -> u32 {
     FRAMES_BURST_MAX
 }
 
+fn default_bundle_fetches_per_minute() -> u32 {
+    BUNDLE_FETCHES_PER_MINUTE_MAX
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -136,6 +148,7 @@ impl Default for ServerConfig {
             mailbox_depth_max: MAILBOX_DEPTH_MAX,
             frames_per_second_max: FRAMES_PER_SECOND_MAX,
             frames_burst_max: FRAMES_BURST_MAX,
+            bundle_fetches_per_minute: BUNDLE_FETCHES_PER_MINUTE_MAX,
             bugs: ServerBugs::default(),
         }
     }
@@ -427,6 +440,7 @@ impl Server {
     pub fn new(config: ServerConfig, seed: u64) -> Self {
         let mut keys = KeyDirectory::default();
         keys.set_bug(config.bugs.keys);
+        keys.set_fetches_per_minute(config.bundle_fetches_per_minute);
         let mut presence = Presence::default();
         presence.set_bug(config.bugs.presence);
         Server {

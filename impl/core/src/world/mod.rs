@@ -94,6 +94,9 @@ pub struct WorldConfig {
     pub client_resend_after_ms: u64,
     /// A disconnected online user reconnects after this long.
     pub reconnect_after_ms: u64,
+    /// Key bundles each client fetches per minute
+    /// ([`ClientConfig::bundle_fetches_per_minute`]).
+    pub client_bundle_fetches_per_minute: usize,
     /// Save every client after every call that dirtied it, check that the
     /// save restores, and check after every call that left a client clean
     /// that it still saves to the same bytes (its dirty flag is honest).
@@ -132,6 +135,7 @@ impl WorldConfig {
             suite: CipherSuite::BluetickV1,
             client_resend_after_ms: 2_000,
             reconnect_after_ms: 500,
+            client_bundle_fetches_per_minute: crate::client::BUNDLE_FETCHES_PER_WINDOW,
             verify_saves: false,
             trace: false,
             record_ciphertexts: true,
@@ -240,6 +244,7 @@ impl World {
             let cc = ClientConfig {
                 suite: config.suite,
                 resend_after_ms: config.client_resend_after_ms,
+                bundle_fetches_per_minute: config.client_bundle_fetches_per_minute,
                 bugs: config.client_bugs.clone(),
                 ..ClientConfig::new(user.clone(), DeviceId(1))
             };
