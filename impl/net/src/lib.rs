@@ -55,6 +55,14 @@ pub const WS_MESSAGE_LEN_MAX: usize = 2 * bluetick_core::wire::FRAME_LEN_MAX;
 #[cfg(not(loom))]
 pub const WS_READ_BUFFER_LEN: usize = 4 * 1024;
 
+/// The server's read buffer per connection, smaller than a client's
+/// [`WS_READ_BUFFER_LEN`]: a server holds one per connection, idle or not,
+/// and at 4 KiB it was a third of what an idle connection cost. A frame
+/// larger than the buffer grows it while it is read, so a read still takes
+/// in a whole frame; what is lost is only reading several frames per call.
+#[cfg(not(loom))]
+pub const SERVER_READ_BUFFER_LEN: usize = 1024;
+
 /// The WebSocket limits and read buffer both sides run with.
 #[cfg(not(loom))]
 pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {

@@ -333,7 +333,7 @@ where
                 Ok((stream, peer)) => {
                     let conn = ConnId(next_conn);
                     next_conn += 1;
-                    tasks.spawn(serve_connection(stream, peer, conn, events_tx.clone(), options.clone()));
+                    tasks.spawn(serve_connection(stream, peer, conn, events_tx.clone(), ConnOptions::of(&options)));
                 }
                 // Out of file descriptors and the like: the listener itself is
                 // fine. Pause accepting so the failure does not spin the loop.
@@ -547,6 +547,25 @@ fn release(held: &mut VecDeque<(u64, ServerOutput)>, durable: u64, live: &mut BT
     gone
 }
 
+/// The part of [`ServerOptions`] a connection task needs: each task keeps
+/// its own copy for as long as the connection lives, so not the whole options.
+#[derive(Debug, Clone, Copy)]
+struct ConnOptions {
+    send_queue_frames: usize,
+    heartbeat_interval: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnOptions {
+    fn of(options: &ServerOptions) -> Self {
+        ConnOptions {
+            send_queue_frames: options.send_queue_frames,
+            heartbeat_interval: options.heartbeat_interval,
+            idle_timeout: options.idle_timeout,
+        }
+    }
+}
+
 /// Serves one accepted stream as connection `conn`: WebSocket handshake, then
 /// frames to the loop through `events` until either side closes.
 async fn serve_connection<T: Stream>(
@@ -554,10 +573,14 @@ async fn serve_connection<T: Stream>(
     peer: String,
     conn: ConnId,
     events: mpsc::Sender<ConnEvent>,
-    options: ServerOptions,
+    options: ConnOptions,
 ) {
-    let config = crate::ws_config().write_buffer_size(WS_WRITE_BUFFER_LEN);
-    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let config =
+        crate::ws_config().read_buffer_size(crate::SERVER_READ_BUFFER_LEN).write_buffer_size(WS_WRITE_BUFFER_LEN);
+    // Boxed: a task is as large as its largest await point, and the handshake
+    // (about 1.5 KB) would otherwise be paid by every connection for as long
+    // as it lives, not just while it shakes hands.
+    let handshake = Box::pin(tokio_tungstenite::accept_async_with_config(stream, Some(config)));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
