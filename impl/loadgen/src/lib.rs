@@ -26,6 +26,7 @@ pub mod bluetick;
 pub mod engine;
 pub mod mqtt;
 pub mod payload;
+pub mod redis_streams;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub enum Target {
     Bluetick,
     /// An MQTT 3.1.1 broker (mosquitto), QoS 1, persistent sessions.
     Mqtt,
+    /// Redis Streams: `XADD`, consumer groups, `XACK`.
+    Redis,
 }
 
 impl fmt::Display for Target {
@@ -67,6 +70,7 @@ impl fmt::Display for Target {
         f.write_str(match self {
             Target::Bluetick => "bluetick",
             Target::Mqtt => "mqtt",
+            Target::Redis => "redis",
         })
     }
 }
@@ -84,7 +88,8 @@ pub struct LoadgenArgs {
     #[arg(long, value_enum, default_value_t = Target::Bluetick)]
     pub target: Target,
     /// Server address: ws://host:port/ for bluetick (default
-    /// ws://127.0.0.1:7878/), host:port for MQTT (default 127.0.0.1:1883).
+    /// ws://127.0.0.1:7878/), host:port for MQTT (default 127.0.0.1:1883)
+    /// and Redis (default 127.0.0.1:6379).
     #[arg(long)]
     pub server: Option<String>,
     /// Sender→receiver pairs (with --idle: idle connections).
@@ -400,8 +405,8 @@ fn ws_addr(url: &str) -> Result<String, LoadgenError> {
 
 /// `(host, port)` of an MQTT `host:port` (port 1883 if absent; an
 /// `mqtt://` or `tcp://` prefix is accepted).
-fn mqtt_addr(server: &str) -> Result<(String, u16), LoadgenError> {
-    let s = server.strip_prefix("mqtt://").or_else(|| server.strip_prefix("tcp://")).unwrap_or(server);
+fn host_port(server: &str, default_port: u16) -> Result<(String, u16), LoadgenError> {
+    let s = ["mqtt://", "tcp://", "redis://"].iter().find_map(|p| server.strip_prefix(p)).unwrap_or(server);
     let s = s.trim_end_matches('/');
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (
@@ -411,7 +416,7 @@ fn mqtt_addr(server: &str) -> Result<(String, u16), LoadgenError> {
                 problem: format!("{p:?} in {server:?} is not a port number"),
             })?,
         ),
-        None => (s, 1883),
+        None => (s, default_port),
     };
     if host.is_empty() {
         return Err(LoadgenError::Args { flag: "server", problem: format!("{server:?} names no host") });
@@ -469,6 +474,7 @@ pub fn plan(args: &LoadgenArgs) -> Result<Plan, LoadgenError> {
             "group-size",
             match args.target {
                 Target::Mqtt => "group sends are a bluetick feature; MQTT fans out by topic".into(),
+                Target::Redis => "group sends are a bluetick feature; Redis fans out by consumer group".into(),
                 Target::Bluetick => "group sends need group commands on bluetick_net's ClientHandle, which it \
                                      does not offer yet; use 1"
                     .into(),
@@ -494,7 +500,12 @@ pub fn plan(args: &LoadgenArgs) -> Result<Plan, LoadgenError> {
         }
         Target::Mqtt => {
             let server = args.server.clone().unwrap_or_else(|| "127.0.0.1:1883".into());
-            let (host, port) = mqtt_addr(&server)?;
+            let (host, port) = host_port(&server, 1883)?;
+            (server, format!("{host}:{port}"))
+        }
+        Target::Redis => {
+            let server = args.server.clone().unwrap_or_else(|| "127.0.0.1:6379".into());
+            let (host, port) = host_port(&server, 6379)?;
             (server, format!("{host}:{port}"))
         }
     };
@@ -525,6 +536,7 @@ async fn probe(plan: &Plan) -> Result<(), LoadgenError> {
     let (what, hint) = match plan.target {
         Target::Bluetick => ("bluetick server", "`bluetick serve`"),
         Target::Mqtt => ("MQTT broker", "mosquitto (or another MQTT broker)"),
+        Target::Redis => ("Redis server", "redis-server"),
     };
     let unreachable = |detail: String| LoadgenError::Unreachable { what, addr: plan.addr.clone(), detail, hint };
     match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(plan.addr.as_str())).await {
@@ -589,9 +601,15 @@ pub async fn run(args: &LoadgenArgs, progress: &(dyn Fn(Progress) + Send + Sync)
                     engine::drive(driver, Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
                 }
                 Target::Mqtt => {
-                    let (host, port) = mqtt_addr(&plan.server)?;
+                    let (host, port) = host_port(&plan.server, 1883)?;
                     let driver = Arc::new(mqtt::Mqtt::new(Arc::clone(&shared), host, port));
                     engine::drive(driver, Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
+                }
+                Target::Redis => {
+                    let (host, port) = host_port(&plan.server, 6379)?;
+                    let driver = redis_streams::RedisStreams::new(Arc::clone(&shared), &host, port)
+                        .map_err(LoadgenError::Setup)?;
+                    engine::drive(Arc::new(driver), Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
                 }
             }
         };
@@ -776,9 +794,10 @@ mod tests {
         assert_eq!(ws_addr("ws://127.0.0.1:7878/").unwrap(), "127.0.0.1:7878");
         assert_eq!(ws_addr("ws://example.test").unwrap(), "example.test:80");
         assert!(matches!(ws_addr("wss://x:1/"), Err(LoadgenError::Args { flag: "server", .. })));
-        assert_eq!(mqtt_addr("mqtt://10.0.0.1:1884").unwrap(), ("10.0.0.1".into(), 1884));
-        assert_eq!(mqtt_addr("broker").unwrap(), ("broker".into(), 1883));
-        assert!(mqtt_addr("broker:http").is_err());
+        assert_eq!(host_port("mqtt://10.0.0.1:1884", 1883).unwrap(), ("10.0.0.1".into(), 1884));
+        assert_eq!(host_port("broker", 1883).unwrap(), ("broker".into(), 1883));
+        assert_eq!(host_port("redis://cache", 6379).unwrap(), ("cache".into(), 6379));
+        assert!(host_port("broker:http", 1883).is_err());
     }
 
     #[test]
