@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Loopback benchmark of `bluetick serve` against mosquitto and Redis, with the same
+# Loopback benchmark of `bluetick serve` against mosquitto, Redis and NATS, with the same
 # load generator and the same load shapes (issue 4, "Benchmark against real
 # peers"). Usage, from the workspace root:
 #
@@ -8,7 +8,7 @@
 #   SERVERS="mosquitto bluetick-tmpfs" SCENARIOS="peak10 open20k" impl/loadgen/bench-net.sh
 #
 # Knobs (environment): RUNS (3), DURATION (10s per timed phase), SERVERS
-# (mosquitto redis bluetick-tmpfs bluetick-disk), SCENARIOS (peak10 peak100
+# (mosquitto redis nats bluetick-tmpfs bluetick-disk), SCENARIOS (peak10 peak100
 # open20k open2k drain200k idle10k), OPEN_RATE (20000), OPEN_RATE_LOW (2000:
 # latency at a load every server carries), DRAIN_MESSAGES (200000),
 # IDLE_CONNECTIONS (10000), SERVER_CORE (0), LOADGEN_CORE (1), OUT (a new
@@ -35,18 +35,20 @@
 #   XACK after each read), append-only file with fsync every second: an
 #   XADD reply means "in memory and in the AOF buffer"; a crash loses up to a
 #   second. No RDB snapshots.
+# - nats: NATS JetStream, a work-queue stream (file storage) and a durable
+#   pull consumer per pair acking each message: a publish ack means the
+#   stream took it; the file store syncs every two minutes by default, so
+#   like mosquitto's it is "in memory".
 #
 # Fairness: the server runs pinned to SERVER_CORE and the load generator to
 # LOADGEN_CORE (taskset); every run starts a fresh server with empty state;
 # each number is the median of RUNS runs.
 #
-# Not here yet: NATS JetStream (a secondary peer) needs its own
-# load-generator target.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
-SERVERS=${SERVERS:-"mosquitto redis bluetick-tmpfs bluetick-disk"}
+SERVERS=${SERVERS:-"mosquitto redis nats bluetick-tmpfs bluetick-disk"}
 SCENARIOS=${SCENARIOS:-"peak10 peak100 open20k open2k drain200k idle10k"}
 OPEN_RATE=${OPEN_RATE:-20000}
 OPEN_RATE_LOW=${OPEN_RATE_LOW:-2000}
@@ -57,6 +59,7 @@ LOADGEN_CORE=${LOADGEN_CORE:-1}
 MAX_FRAMES_PER_SECOND=${MAX_FRAMES_PER_SECOND:-200}
 MQTT_PORT=${MQTT_PORT:-18830}
 REDIS_PORT=${REDIS_PORT:-16379}
+NATS_PORT=${NATS_PORT:-14222}
 BLUETICK_PORT=${BLUETICK_PORT:-17878}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -81,6 +84,7 @@ command -v taskset >/dev/null || need+=(util-linux)
 command -v jq >/dev/null || need+=(jq)
 case " $SERVERS " in *" mosquitto "*) [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;; esac
 case " $SERVERS " in *" redis "*) command -v redis-server >/dev/null || need+=(redis-server) ;; esac
+case " $SERVERS " in *" nats "*) command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server) ;; esac
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     $sudo apt-get install -y "${need[@]}" || { $sudo apt-get update && $sudo apt-get install -y "${need[@]}"; }
@@ -151,6 +155,15 @@ EOF
             wait_port "$REDIS_PORT"
             target_args=(--target redis --server "127.0.0.1:$REDIS_PORT")
             ;;
+        nats)
+            dir=$(mktemp -d "$OUT/nats.XXXX")
+            server_dirs+=("$dir")
+            taskset -c "$SERVER_CORE" "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -sd "$dir" \
+                -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/server.log" 2>&1 &
+            server_pid=$!
+            wait_port "$NATS_PORT"
+            target_args=(--target nats --server "127.0.0.1:$NATS_PORT")
+            ;;
         bluetick-disk | bluetick-tmpfs)
             if [ "$1" = bluetick-tmpfs ]; then
                 dir=$(mktemp -d /dev/shm/bench-net-bluetick.XXXX)
@@ -165,7 +178,7 @@ EOF
             target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm
                 --server-frames-per-second "$MAX_FRAMES_PER_SECOND")
             ;;
-        *) die "unknown server $1 (mosquitto, redis, bluetick-disk, bluetick-tmpfs)" ;;
+        *) die "unknown server $1 (mosquitto, redis, nats, bluetick-disk, bluetick-tmpfs)" ;;
     esac
 }
 
@@ -196,9 +209,10 @@ for server in $SERVERS; do
     for scenario in $SCENARIOS; do
         runs=$RUNS
         [ "$scenario" = idle10k ] && runs=1
-        # A Redis receiver polls (a blocking read returns every 100 ms), so
-        # its connections are never idle: not measured.
-        [ "$scenario" = idle10k ] && [ "$server" = redis ] && runs=0
+        # Redis and NATS receivers poll (a blocking read returns every 100 ms;
+        # a pull consumer renews its pull requests), so their connections
+        # are never idle: not measured.
+        [ "$scenario" = idle10k ] && { [ "$server" = redis ] || [ "$server" = nats ]; } && runs=0
         for run in $(seq 1 "$runs"); do
             start_server "$server"
             say "$server $scenario run $run/$runs"

@@ -25,6 +25,7 @@
 pub mod bluetick;
 pub mod engine;
 pub mod mqtt;
+pub mod nats;
 pub mod payload;
 pub mod redis_streams;
 pub mod stats;
@@ -63,6 +64,8 @@ pub enum Target {
     Mqtt,
     /// Redis Streams: `XADD`, consumer groups, `XACK`.
     Redis,
+    /// NATS JetStream: a work-queue stream, durable pull consumers, acks.
+    Nats,
 }
 
 impl fmt::Display for Target {
@@ -71,6 +74,7 @@ impl fmt::Display for Target {
             Target::Bluetick => "bluetick",
             Target::Mqtt => "mqtt",
             Target::Redis => "redis",
+            Target::Nats => "nats",
         })
     }
 }
@@ -89,7 +93,7 @@ pub struct LoadgenArgs {
     pub target: Target,
     /// Server address: ws://host:port/ for bluetick (default
     /// ws://127.0.0.1:7878/), host:port for MQTT (default 127.0.0.1:1883)
-    /// and Redis (default 127.0.0.1:6379).
+    /// Redis (default 127.0.0.1:6379) and NATS (default 127.0.0.1:4222).
     #[arg(long)]
     pub server: Option<String>,
     /// Sender→receiver pairs (with --idle: idle connections).
@@ -406,7 +410,7 @@ fn ws_addr(url: &str) -> Result<String, LoadgenError> {
 /// `(host, port)` of an MQTT `host:port` (port 1883 if absent; an
 /// `mqtt://` or `tcp://` prefix is accepted).
 fn host_port(server: &str, default_port: u16) -> Result<(String, u16), LoadgenError> {
-    let s = ["mqtt://", "tcp://", "redis://"].iter().find_map(|p| server.strip_prefix(p)).unwrap_or(server);
+    let s = ["mqtt://", "tcp://", "redis://", "nats://"].iter().find_map(|p| server.strip_prefix(p)).unwrap_or(server);
     let s = s.trim_end_matches('/');
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (
@@ -475,6 +479,7 @@ pub fn plan(args: &LoadgenArgs) -> Result<Plan, LoadgenError> {
             match args.target {
                 Target::Mqtt => "group sends are a bluetick feature; MQTT fans out by topic".into(),
                 Target::Redis => "group sends are a bluetick feature; Redis fans out by consumer group".into(),
+                Target::Nats => "group sends are a bluetick feature; NATS fans out by consumer".into(),
                 Target::Bluetick => "group sends need group commands on bluetick_net's ClientHandle, which it \
                                      does not offer yet; use 1"
                     .into(),
@@ -508,6 +513,11 @@ pub fn plan(args: &LoadgenArgs) -> Result<Plan, LoadgenError> {
             let (host, port) = host_port(&server, 6379)?;
             (server, format!("{host}:{port}"))
         }
+        Target::Nats => {
+            let server = args.server.clone().unwrap_or_else(|| "127.0.0.1:4222".into());
+            let (host, port) = host_port(&server, 4222)?;
+            (server, format!("{host}:{port}"))
+        }
     };
     let offline_pairs = ((args.offline_ratio * args.clients as f64).round() as usize).min(args.clients);
     let pacing =
@@ -537,6 +547,7 @@ async fn probe(plan: &Plan) -> Result<(), LoadgenError> {
         Target::Bluetick => ("bluetick server", "`bluetick serve`"),
         Target::Mqtt => ("MQTT broker", "mosquitto (or another MQTT broker)"),
         Target::Redis => ("Redis server", "redis-server"),
+        Target::Nats => ("NATS server", "nats-server -js"),
     };
     let unreachable = |detail: String| LoadgenError::Unreachable { what, addr: plan.addr.clone(), detail, hint };
     match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(plan.addr.as_str())).await {
@@ -609,6 +620,12 @@ pub async fn run(args: &LoadgenArgs, progress: &(dyn Fn(Progress) + Send + Sync)
                     let (host, port) = host_port(&plan.server, 6379)?;
                     let driver = redis_streams::RedisStreams::new(Arc::clone(&shared), &host, port)
                         .map_err(LoadgenError::Setup)?;
+                    engine::drive(Arc::new(driver), Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
+                }
+                Target::Nats => {
+                    let (host, port) = host_port(&plan.server, 4222)?;
+                    let driver =
+                        nats::Nats::connect(Arc::clone(&shared), &host, port).await.map_err(LoadgenError::Setup)?;
                     engine::drive(Arc::new(driver), Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
                 }
             }
