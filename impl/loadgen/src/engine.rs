@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::payload::{Kind, Stamp};
@@ -531,6 +532,50 @@ async fn wait_until(timeout: Duration, done: impl Fn() -> bool) -> bool {
 /// per-client round trips, few enough that a server busy committing the
 /// registrations still gets to accept the next connections in time.
 pub const OPEN_CONCURRENCY: usize = 32;
+
+/// A running receiver: what stops it, and its task.
+type ReceiverTask = (oneshot::Sender<()>, JoinHandle<()>);
+
+/// The receivers a driver runs, by pair: each a task told when to stop.
+#[derive(Default)]
+pub struct ReceiverTasks(Mutex<std::collections::BTreeMap<usize, ReceiverTask>>);
+
+impl ReceiverTasks {
+    /// Whether pair `pair`'s receiver runs.
+    pub fn contains(&self, pair: usize) -> bool {
+        lock(&self.0).contains_key(&pair)
+    }
+
+    /// Spawns `receive` as pair `pair`'s receiver; it should return soon
+    /// after the receiver it is given fires.
+    pub fn start<F>(&self, pair: usize, receive: impl FnOnce(oneshot::Receiver<()>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(receive(stopped));
+        lock(&self.0).insert(pair, (stop, task));
+    }
+
+    /// Stops pair `pair`'s receiver (if it runs) and waits for it.
+    ///
+    /// # Errors
+    /// The receiver's task panicked.
+    pub async fn stop(&self, pair: usize) -> Result<(), String> {
+        let Some((stop, task)) = lock(&self.0).remove(&pair) else { return Ok(()) };
+        let _ = stop.send(());
+        task.await.map_err(|e| format!("receiver {pair}: {e}"))
+    }
+
+    /// Stops every receiver, one after another.
+    pub async fn stop_all(&self) {
+        let all = std::mem::take(&mut *lock(&self.0));
+        for (_, (stop, task)) in all {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+}
 
 /// The target-specific half: how to connect, park and stop clients.
 pub trait Driver: Send + Sync + 'static {

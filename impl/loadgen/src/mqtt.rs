@@ -6,16 +6,15 @@
 //! Pair `p` is client `<tag>s<p>` publishing to topic `bt/<tag>/<p>`, which
 //! client `<tag>r<p>` subscribes to at QoS 1.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Driver, Loop, Offer, SenderPort, Shared};
+use crate::engine::{Driver, Loop, Offer, ReceiverTasks, SenderPort, Shared};
 
 /// How long connecting and subscribing may take before the run gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,24 +38,18 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// On shutdown, how long a client gets to send its DISCONNECT.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
-/// A running receiver.
-struct Receiver {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
 /// The MQTT driver.
 pub struct Mqtt {
     shared: Arc<Shared>,
     host: String,
     port: u16,
-    receivers: Mutex<BTreeMap<usize, Receiver>>,
+    receivers: ReceiverTasks,
 }
 
 impl Mqtt {
     /// A driver for the broker at `host:port`.
     pub fn new(shared: Arc<Shared>, host: String, port: u16) -> Mqtt {
-        Mqtt { shared, host, port, receivers: Mutex::new(BTreeMap::new()) }
+        Mqtt { shared, host, port, receivers: ReceiverTasks::default() }
     }
 
     fn options(&self, id: String, inflight: u16) -> MqttOptions {
@@ -72,10 +65,6 @@ impl Mqtt {
 
     fn topic(&self, pair: usize) -> String {
         format!("bt/{}/{pair}", self.shared.plan.run_tag)
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Receiver>> {
-        self.receivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn unreachable(&self, e: &rumqttc::ConnectionError) -> String {
@@ -201,7 +190,7 @@ impl Driver for Mqtt {
     type Sender = MqttSender;
 
     async fn open_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        if self.slots().contains_key(&pair) {
+        if self.receivers.contains(pair) {
             return Ok(());
         }
         let id = format!("{}r{pair}", self.shared.plan.run_tag);
@@ -221,16 +210,13 @@ impl Driver for Mqtt {
         tokio::time::timeout(CONNECT_TIMEOUT, subscribed)
             .await
             .map_err(|_| format!("no SUBACK within {} s", CONNECT_TIMEOUT.as_secs()))??;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(receive(client, events, Arc::clone(&self.shared), stopped));
-        self.slots().insert(pair, Receiver { stop, task });
+        let shared = Arc::clone(&self.shared);
+        self.receivers.start(pair, |stop| receive(client, events, shared, stop));
         Ok(())
     }
 
     async fn close_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        let Some(r) = self.slots().remove(&pair) else { return Ok(()) };
-        let _ = r.stop.send(());
-        r.task.await.map_err(|e| format!("receiver {pair}: {e}"))
+        self.receivers.stop(pair).await
     }
 
     async fn open_sender(self: Arc<Self>, pair: usize) -> Result<MqttSender, String> {
@@ -254,10 +240,6 @@ impl Driver for Mqtt {
     }
 
     async fn close_all(self: Arc<Self>) {
-        let slots = std::mem::take(&mut *self.slots());
-        for (_, r) in slots {
-            let _ = r.stop.send(());
-            let _ = r.task.await;
-        }
+        self.receivers.stop_all().await;
     }
 }

@@ -8,17 +8,15 @@
 //! server's: file storage synced every two minutes by default, so an ack
 //! means "in memory" as with mosquitto.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::engine::{Driver, Offer, SenderPort, Shared};
+use crate::engine::{Driver, Offer, ReceiverTasks, SenderPort, Shared};
 
 /// How long connecting and creating the stream or a consumer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,18 +34,12 @@ const RETRY_DELAY: Duration = Duration::from_millis(100);
 
 type Acked = jetstream::context::PublishAckFuture;
 
-/// A running receiver.
-struct Receiver {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
 /// The NATS JetStream driver.
 pub struct Nats {
     shared: Arc<Shared>,
     js: jetstream::Context,
     stream: stream::Stream,
-    receivers: Mutex<BTreeMap<usize, Receiver>>,
+    receivers: ReceiverTasks,
 }
 
 impl Nats {
@@ -84,15 +76,11 @@ impl Nats {
         let (js, stream) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
             .await
             .map_err(|_| format!("no answer from NATS at {addr} within {} s", CONNECT_TIMEOUT.as_secs()))??;
-        Ok(Nats { shared, js, stream, receivers: Mutex::new(BTreeMap::new()) })
+        Ok(Nats { shared, js, stream, receivers: ReceiverTasks::default() })
     }
 
     fn subject(&self, pair: usize) -> String {
         format!("bt.{}.{pair}", self.shared.plan.run_tag)
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Receiver>> {
-        self.receivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -180,7 +168,7 @@ impl Driver for Nats {
     type Sender = NatsSender;
 
     async fn open_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        if self.slots().contains_key(&pair) {
+        if self.receivers.contains(pair) {
             return Ok(());
         }
         let name = format!("r{pair}");
@@ -195,16 +183,13 @@ impl Driver for Nats {
             .await
             .map_err(|_| format!("creating consumer {name} took over {} s", CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| format!("cannot create consumer {name}: {e}"))?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(receive(consumer, Arc::clone(&self.shared), stopped));
-        self.slots().insert(pair, Receiver { stop, task });
+        let shared = Arc::clone(&self.shared);
+        self.receivers.start(pair, |stop| receive(consumer, shared, stop));
         Ok(())
     }
 
     async fn close_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        let Some(r) = self.slots().remove(&pair) else { return Ok(()) };
-        let _ = r.stop.send(());
-        r.task.await.map_err(|e| format!("receiver {pair}: {e}"))
+        self.receivers.stop(pair).await
     }
 
     async fn open_sender(self: Arc<Self>, pair: usize) -> Result<NatsSender, String> {
@@ -229,10 +214,6 @@ impl Driver for Nats {
     }
 
     async fn close_all(self: Arc<Self>) {
-        let slots = std::mem::take(&mut *self.slots());
-        for (_, r) in slots {
-            let _ = r.stop.send(());
-            let _ = r.task.await;
-        }
+        self.receivers.stop_all().await;
     }
 }

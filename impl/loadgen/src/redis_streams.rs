@@ -8,9 +8,8 @@
 //! new ones. Durability is the server's configuration (`bench-net.sh` runs
 //! it append-only, fsync every second).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -18,7 +17,7 @@ use redis::streams::StreamReadReply;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::engine::{Driver, Offer, SenderPort, Shared};
+use crate::engine::{Driver, Offer, ReceiverTasks, SenderPort, Shared};
 
 /// How long connecting may take before the run gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,18 +47,12 @@ const GROUP: &str = "bt";
 /// The field an entry's payload is stored under.
 const FIELD: &str = "d";
 
-/// A running receiver.
-struct Receiver {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
 /// The Redis Streams driver.
 pub struct RedisStreams {
     shared: Arc<Shared>,
     client: redis::Client,
     addr: String,
-    receivers: Mutex<BTreeMap<usize, Receiver>>,
+    receivers: ReceiverTasks,
 }
 
 impl RedisStreams {
@@ -70,7 +63,7 @@ impl RedisStreams {
     pub fn new(shared: Arc<Shared>, host: &str, port: u16) -> Result<RedisStreams, String> {
         let addr = format!("{host}:{port}");
         let client = redis::Client::open(format!("redis://{addr}/")).map_err(|e| format!("{addr}: {e}"))?;
-        Ok(RedisStreams { shared, client, addr, receivers: Mutex::new(BTreeMap::new()) })
+        Ok(RedisStreams { shared, client, addr, receivers: ReceiverTasks::default() })
     }
 
     fn stream(&self, pair: usize) -> String {
@@ -86,10 +79,6 @@ impl RedisStreams {
             .await
             .map_err(|_| format!("no answer from Redis at {} within {} s", self.addr, CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| format!("cannot connect to Redis at {} ({e})", self.addr))
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Receiver>> {
-        self.receivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -214,7 +203,7 @@ impl Driver for RedisStreams {
     type Sender = RedisSender;
 
     async fn open_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        if self.slots().contains_key(&pair) {
+        if self.receivers.contains(pair) {
             return Ok(());
         }
         let mut con = self.connect().await?;
@@ -234,16 +223,13 @@ impl Driver for RedisStreams {
             Err(e) => return Err(format!("cannot create the consumer group of {stream}: {e}")),
         }
         let consumer = format!("r{pair}");
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(receive(con, stream, consumer, Arc::clone(&self.shared), stopped));
-        self.slots().insert(pair, Receiver { stop, task });
+        let shared = Arc::clone(&self.shared);
+        self.receivers.start(pair, |stop| receive(con, stream, consumer, shared, stop));
         Ok(())
     }
 
     async fn close_receiver(self: Arc<Self>, pair: usize) -> Result<(), String> {
-        let Some(r) = self.slots().remove(&pair) else { return Ok(()) };
-        let _ = r.stop.send(());
-        r.task.await.map_err(|e| format!("receiver {pair}: {e}"))
+        self.receivers.stop(pair).await
     }
 
     async fn open_sender(self: Arc<Self>, pair: usize) -> Result<RedisSender, String> {
@@ -263,10 +249,6 @@ impl Driver for RedisStreams {
     }
 
     async fn close_all(self: Arc<Self>) {
-        let slots = std::mem::take(&mut *self.slots());
-        for (_, r) in slots {
-            let _ = r.stop.send(());
-            let _ = r.task.await;
-        }
+        self.receivers.stop_all().await;
     }
 }
