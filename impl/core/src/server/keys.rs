@@ -265,11 +265,6 @@ impl Bucket {
     }
 }
 
-// Directories saved before the limit was tunable keep its old value.
-fn default_fetches_per_minute() -> u32 {
-    BUNDLE_FETCHES_PER_MINUTE_MAX
-}
-
 /// The key distribution service's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyDirectory {
@@ -280,7 +275,6 @@ pub struct KeyDirectory {
     counters: KeyCounters,
     bug: Option<KeyBug>,
     /// Fetches per minute and burst per requester (at least 1).
-    #[serde(default = "default_fetches_per_minute")]
     fetches_per_minute: u32,
 }
 
