@@ -123,14 +123,29 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$1 after 10 s; see $OUT/server.log"
 }
 
+# fresh_dir TEMPLATE: a new empty directory, removed when the server stops.
+fresh_dir() {
+    dir=$(mktemp -d "$1")
+    server_dirs+=("$dir")
+}
+
+# launch PORT COMMAND...: runs COMMAND pinned to SERVER_CORE, logging to
+# server.log; sets server_pid and returns once PORT accepts connections.
+launch() {
+    local port=$1
+    shift
+    taskset -c "$SERVER_CORE" "$@" >"$OUT/server.log" 2>&1 &
+    server_pid=$!
+    wait_port "$port"
+}
+
 # start_server NAME: starts a fresh server pinned to SERVER_CORE; sets
 # server_pid and target_args.
 start_server() {
     local dir
     case "$1" in
         mosquitto)
-            dir=$(mktemp -d "$OUT/mosquitto.XXXX")
-            server_dirs+=("$dir")
+            fresh_dir "$OUT/mosquitto.XXXX"
             cat >"$dir/mosquitto.conf" <<EOF
 listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
@@ -141,40 +156,29 @@ max_queued_messages 0
 max_inflight_messages 100
 log_dest none
 EOF
-            taskset -c "$SERVER_CORE" /usr/sbin/mosquitto -c "$dir/mosquitto.conf" >"$OUT/server.log" 2>&1 &
-            server_pid=$!
-            wait_port "$MQTT_PORT"
+            launch "$MQTT_PORT" /usr/sbin/mosquitto -c "$dir/mosquitto.conf"
             target_args=(--target mqtt --server "127.0.0.1:$MQTT_PORT")
             ;;
         redis)
-            dir=$(mktemp -d "$OUT/redis.XXXX")
-            server_dirs+=("$dir")
-            taskset -c "$SERVER_CORE" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$dir" \
-                --appendonly yes --appendfsync everysec --save "" --protected-mode yes >"$OUT/server.log" 2>&1 &
-            server_pid=$!
-            wait_port "$REDIS_PORT"
+            fresh_dir "$OUT/redis.XXXX"
+            launch "$REDIS_PORT" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$dir" \
+                --appendonly yes --appendfsync everysec --save "" --protected-mode yes
             target_args=(--target redis --server "127.0.0.1:$REDIS_PORT")
             ;;
         nats)
-            dir=$(mktemp -d "$OUT/nats.XXXX")
-            server_dirs+=("$dir")
-            taskset -c "$SERVER_CORE" "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -sd "$dir" \
-                -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/server.log" 2>&1 &
-            server_pid=$!
-            wait_port "$NATS_PORT"
+            fresh_dir "$OUT/nats.XXXX"
+            launch "$NATS_PORT" "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -sd "$dir" \
+                -a 127.0.0.1 -p "$NATS_PORT"
             target_args=(--target nats --server "127.0.0.1:$NATS_PORT")
             ;;
         bluetick-disk | bluetick-tmpfs)
             if [ "$1" = bluetick-tmpfs ]; then
-                dir=$(mktemp -d /dev/shm/bench-net-bluetick.XXXX)
+                fresh_dir /dev/shm/bench-net-bluetick.XXXX
             else
-                dir=$(mktemp -d "$OUT/bluetick-data.XXXX")
+                fresh_dir "$OUT/bluetick-data.XXXX"
             fi
-            server_dirs+=("$dir")
-            taskset -c "$SERVER_CORE" target/release/bluetick serve --listen "127.0.0.1:$BLUETICK_PORT" \
-                --data "$dir" --max-frames-per-second "$MAX_FRAMES_PER_SECOND" >"$OUT/server.log" 2>&1 &
-            server_pid=$!
-            wait_port "$BLUETICK_PORT"
+            launch "$BLUETICK_PORT" target/release/bluetick serve --listen "127.0.0.1:$BLUETICK_PORT" \
+                --data "$dir" --max-frames-per-second "$MAX_FRAMES_PER_SECOND"
             target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm
                 --server-frames-per-second "$MAX_FRAMES_PER_SECOND")
             ;;
