@@ -587,6 +587,16 @@ pub(crate) mod serde_bytes_vec {
 mod tests {
     use super::*;
 
+    /// A value of another type where bytes belong is refused with an error
+    /// that names what was expected (what a person reading it needs).
+    #[test]
+    fn bytes_fields_refuse_other_types_naming_bytes() {
+        use serde::de::IntoDeserializer;
+        let d: serde::de::value::U32Deserializer<serde::de::value::Error> = 5u32.into_deserializer();
+        let err = serde_bytes_vec::deserialize(d).unwrap_err().to_string();
+        assert!(err.contains("expected bytes"), "{err}");
+    }
+
     fn alice() -> DeviceAddress {
         DeviceAddress::new(UserId::new("alice").unwrap(), DeviceId(1))
     }

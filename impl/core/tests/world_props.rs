@@ -303,6 +303,12 @@ fn a_client_leaking_plaintext_is_caught_on_the_server() {
     w.send_text(&users[0], &users[1], &plaintext(6, 1)).unwrap();
     w.run_for(5_000);
     assert!(w.violations().iter().any(|v| v.invariant == names::NO_PLAINTEXT), "{:#?}", w.violations());
+    // Both places are searched: what the server wrote to its store and what
+    // it holds in memory (either alone would miss a leak the other keeps).
+    let leak =
+        |place: &str| w.violations().iter().any(|v| v.invariant == names::NO_PLAINTEXT && v.detail.contains(place));
+    assert!(leak("table"), "{:#?}", w.violations());
+    assert!(leak("memory"), "{:#?}", w.violations());
 }
 
 #[test]

@@ -376,6 +376,7 @@ fn a_stolen_state_reads_nothing_already_received() {
     assert!(tried >= 6, "bob had received texts, a group message and an attachment: {tried}");
     assert!(w.violations().is_empty(), "{:#?}", w.violations());
     assert_eq!(w.history().counts.compromises, 1);
+    assert_eq!(w.history().counts.adversary_attempts, tried, "the report counts every attempt");
     finish_clean(&mut w);
 }
 
@@ -678,4 +679,16 @@ fn a_push_overtaken_by_a_newer_one_keeps_its_pair_excused() {
     assert!(w.history().counts.frame_faults[slow].delayed > 0, "the push went out late");
     let now = w.check_presence();
     assert!(now.is_empty(), "{now:#?}");
+    // The next subscribe reply is a full refresh: the pair is judged again.
+    let excused = w.history().counts.presence_pairs_excused;
+    w.disconnect(&u[0]);
+    w.run_for(1_000);
+    w.connect(&u[0]);
+    w.run_for(w.presence_settle_ms() + 1_000);
+    let before = w.history().counts.clone();
+    assert!(w.check_presence().is_empty());
+    let after = w.history().counts.clone();
+    assert!(excused > 0, "the overtaken push excused the pair");
+    assert_eq!(after.presence_pairs_checked - before.presence_pairs_checked, 1, "{after:?}");
+    assert_eq!(after.presence_pairs_excused, before.presence_pairs_excused, "{after:?}");
 }

@@ -1564,3 +1564,89 @@ fn receipts_owed_while_a_receipt_frame_is_held_wait_and_join_one_batch() {
     // frame per delivery).
     assert!(receipts.len() <= 3, "{} receipt frames for 6 messages: {receipts:?}", receipts.len());
 }
+
+/// A bundle that arrives after the peer has opened a session with us starts
+/// no second one: the peer's session is kept, so what we send next is an
+/// ordinary ratchet message, not another first contact (which would replace
+/// the session the peer is using and spend a one-time prekey for nothing).
+#[test]
+fn a_bundle_arriving_after_the_peer_opened_a_session_keeps_that_session() {
+    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now)).unwrap();
+    let mut held = None;
+    net.pump_with(|name, frame| match frame {
+        ServerFrame::Bundle { .. } if name.as_str() == "alice" && held.is_none() => {
+            held = Some(frame.clone());
+            Fate::Drop
+        }
+        _ => Fate::Deliver,
+    });
+    let held = held.expect("alice fetched no bundle");
+    net.call("bob", |c, now| c.send_text(&u("alice"), b"hello", now)).unwrap();
+    net.pump();
+    assert_eq!(net.bodies("alice"), vec![b"hello".to_vec()]);
+    net.call("alice", |c, now| c.handle_frame(held, now));
+    net.pump();
+    net.call("alice", |c, now| c.send_text(&u("bob"), b"again", now)).unwrap();
+    net.pump();
+    let sends = net.sends_by("alice");
+    assert!(
+        sends.iter().all(|(_, kind, _)| *kind == EnvelopeKind::Message),
+        "alice opened a session of her own: {:?}",
+        sends.iter().map(|s| s.1).collect::<Vec<_>>()
+    );
+    assert_eq!(net.bodies("bob"), vec![b"hi".to_vec(), b"again".to_vec()]);
+}
+
+/// When the held changes overflow, the oldest is rejected with the reason
+/// that is true: a version gap when we know the group and its admin's key
+/// (not "admin key unknown", which would send the user looking for the
+/// wrong fault).
+#[test]
+fn an_overflowing_hold_rejects_the_oldest_change_as_a_version_gap() {
+    let mut net = Net::with(&["alice", "bob", "carol"], ClientBugs::none());
+    let g = net.call("alice", |c, now| c.create_group(vec![u("bob")], now)).unwrap();
+    net.pump();
+    let (bob_version, _) = net.client("bob").group(&g).expect("bob is in the group");
+    let to_bob = |name: &UserId, frame: &ServerFrame| match frame {
+        ServerFrame::Deliver { item: Delivery::GroupChange(_), .. } if name.as_str() == "bob" => Fate::Drop,
+        _ => Fate::Deliver,
+    };
+    let changes = groups::HELD_GROUP_CHANGES_MAX + 2;
+    for i in 0..changes {
+        let (add, remove) = if i % 2 == 0 { (vec![u("carol")], vec![]) } else { (vec![], vec![u("carol")]) };
+        net.call("alice", |c, now| c.change_group(g, add, remove, now)).unwrap();
+        net.pump_with(to_bob);
+    }
+    let sent: Vec<SignedGroupChange> = net
+        .sent
+        .iter()
+        .filter_map(|(n, f)| match f {
+            ClientFrame::GroupChange { change } if *n == u("alice") && change.version > bob_version => {
+                Some(change.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), changes);
+    // The first change after bob's version never reaches him, so each later
+    // one is held until the hold overflows.
+    for (i, change) in sent.into_iter().skip(1).enumerate() {
+        let seq = 9_000 + i as u64;
+        net.call("bob", |c, now| {
+            c.handle_frame(ServerFrame::Deliver { seq, item: Delivery::GroupChange(change) }, now)
+        });
+    }
+    let rejected: Vec<_> = net.nodes[&u("bob")]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::GroupChangeRejected { version, reason, .. } => Some((*version, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![(bob_version + 2, GroupChangeRejection::VersionGap { current: bob_version, got: bob_version + 2 })]
+    );
+}

@@ -699,6 +699,12 @@ mod tests {
         );
         assert_eq!(dir.identity(&bob.addr), Some(bob.identity.public()));
         assert_eq!(dir.counters().registered, 1);
+        assert_eq!(dir.len(), 1, "re-registering adds no device");
+        let _carol = Owner::new("carol", 6).registered(&mut dir);
+        let _dave = Owner::new("dave", 7).registered(&mut dir);
+        assert_eq!(dir.len(), 3);
+        assert!(!dir.is_empty());
+        assert!(KeyDirectory::new().is_empty());
     }
 
     #[test]
