@@ -42,6 +42,14 @@ fn main() {
             config.reads = *r != 0;
         }
     }
+    // QUIET=1: apps move (send, read) only when no frame is in flight.
+    if std::env::var("QUIET").is_ok_and(|v| v == "1") {
+        config.moves_on_quiet_network = true;
+    }
+    // SUITE=symbolic-insecure (or another suite name) picks the cipher suite.
+    if let Ok(name) = std::env::var("SUITE") {
+        config.suite = bluetick_crypto::CipherSuite::from_name(&name).expect("unknown suite");
+    }
     let mut stop = Vec::new();
     if let Some(bug) = bug.as_deref() {
         let (c, check) = match bug {

@@ -183,6 +183,7 @@ fn summarize<C: Checker<MessagingModel>>(
     started: std::time::Instant,
 ) -> CheckReport {
     let seconds = elapsed(started);
+    checker.model().end_drain();
     let hunting = !options.stop_when_found.is_empty();
     let found_target = options.stop_when_found.iter().any(|c| checker.discovery(c.name()).is_some());
     let model = checker.model();

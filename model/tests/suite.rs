@@ -95,3 +95,27 @@ fn the_symbolic_suite_explores_the_same_states_with_the_same_verdicts() {
         assert_eq!(verdicts(&a), verdicts(&b), "{name}");
     }
 }
+
+/// Past its time limit a search drains its queue without stepping or
+/// judging the states left in it (each step runs real client and server
+/// code, which made a 60-s run take minutes); once the checker has stopped,
+/// steps run again, so a counterexample's path can still be rebuilt.
+#[test]
+fn past_the_time_limit_states_are_neither_stepped_nor_judged_until_the_drain_ends() {
+    use stateright::Model;
+    let m = bluetick_model::model::MessagingModel::new(suite::delivery(1))
+        .unwrap()
+        .with_time_limit(std::time::Duration::ZERO);
+    let s = m.initial_state().clone();
+    let mut actions = Vec::new();
+    m.actions(&s, &mut actions);
+    let first = actions.first().cloned().expect("the initial state has moves");
+    assert!(!m.stopped_early());
+    assert!(!m.within_boundary(&s), "the limit has passed");
+    assert!(m.stopped_early());
+    assert!(m.next_state(&s, first.clone()).is_none(), "stepped while draining");
+    m.end_drain();
+    let next = m.next_state(&s, first.clone()).expect("steps run again after the drain");
+    assert_eq!(next, m.successor(&s, &first));
+    assert!(m.stopped_early(), "the run stays marked incomplete");
+}
