@@ -68,3 +68,29 @@ fn a_group_message_is_read_back_as_queued_for_each_other_member_and_accepted() {
     assert!(routing_row(Table::Mailbox, b"junk", b"junk").is_none());
     assert!(routing_row(Table::Bodies, &[0; 8], &[1, 2, 3]).is_none());
 }
+
+/// A group message whose store write fails is queued for nobody: the
+/// members' mailboxes are as they were and nothing is delivered (a member
+/// would otherwise get a message the sender was told failed, from a body
+/// the store never held); the retry is queued once for each member.
+#[test]
+fn a_group_message_whose_write_fails_is_queued_for_nobody() {
+    use bluetick_core::server::ServerOutput;
+    use bluetick_core::wire::ServerFrame;
+    let mut rig = Rig::start(ServerConfig::default());
+    let bob = rig.conn_of(&addr("bob")).unwrap();
+    let members = [addr("alice"), addr("carol")];
+    let lens = |rig: &Rig| members.iter().map(|m| rig.server.mailbox_len(m)).collect::<Vec<_>>();
+    let before = lens(&rig);
+    let frame =
+        ClientFrame::GroupSend { message_id: MessageId([0x7d; 16]), group: ALICE_GROUP, ciphertext: vec![2; 100] };
+    rig.store.fail_next_apply();
+    let out = rig.feed(bob, &wire::encode(&frame));
+    let delivered = |out: &[ServerOutput]| {
+        out.iter().filter(|o| matches!(o, ServerOutput::Frame { frame: ServerFrame::Deliver { .. }, .. })).count()
+    };
+    assert_eq!(delivered(&out), 0, "{out:?}");
+    assert_eq!(lens(&rig), before);
+    let out = rig.feed(bob, &wire::encode(&frame));
+    assert_eq!(lens(&rig), before.iter().map(|n| n + 1).collect::<Vec<_>>(), "{out:?}");
+}

@@ -692,3 +692,31 @@ fn a_push_overtaken_by_a_newer_one_keeps_its_pair_excused() {
     assert_eq!(after.presence_pairs_checked - before.presence_pairs_checked, 1, "{after:?}");
     assert_eq!(after.presence_pairs_excused, before.presence_pairs_excused, "{after:?}");
 }
+
+/// A group message sealed before a removal, which the server applies first,
+/// is owed only to the members the server still has when it accepts it:
+/// the removed member, for whom the server rightly queued nothing, is not
+/// counted as waiting for it (at-least-once would flag a false loss).
+#[test]
+fn a_group_message_accepted_after_a_removal_is_owed_only_to_the_remaining_members() {
+    let (mut w, u) = world(23, |_| {});
+    w.run_for(5_000);
+    let g = w.create_group(&u[0], &u[1..3]).unwrap();
+    w.run_for(3_000);
+    let slow = w.add_frame_fault(FrameFault {
+        kind: Some("group-send".into()),
+        direction: Some(Direction::ToServer),
+        user: Some(u[2].clone()),
+        drop_per_mille: 0,
+        duplicate_per_mille: 0,
+        delay_ms: 2_000,
+    });
+    let id = w.send_group(&u[2], g, &plaintext(23, 1)).unwrap();
+    w.run_for(100);
+    assert!(w.change_group(&u[0], g, &[], std::slice::from_ref(&u[1])));
+    w.run_for(5_000);
+    w.clear_frame_faults();
+    assert!(w.history().counts.frame_faults[slow].delayed > 0, "the message went out late");
+    finish_clean(&mut w);
+    assert_eq!(w.history().sent[&id].to, [u[0].clone()].into_iter().collect());
+}
