@@ -720,3 +720,27 @@ fn a_group_message_accepted_after_a_removal_is_owed_only_to_the_remaining_member
     finish_clean(&mut w);
     assert_eq!(w.history().sent[&id].to, [u[0].clone()].into_iter().collect());
 }
+
+/// The configured loss and duplication rates are the rates frames meet:
+/// 10% lost and 5% duplicated come out near 10% and 5% (an inverted roll
+/// would lose nine frames in ten and still, with retries, deliver).
+#[test]
+fn frames_are_lost_and_duplicated_at_the_configured_rates() {
+    let (mut w, u) = world(24, |c| {
+        c.faults = Faults { drop_per_mille: 100, duplicate_per_mille: 50, latency_min_ms: 2, latency_max_ms: 10 };
+    });
+    w.run_for(10_000);
+    for i in 0..100u64 {
+        w.send_text(&u[0], &u[1], &plaintext(24, i)).unwrap();
+        w.send_text(&u[1], &u[0], &plaintext(24, 1_000 + i)).unwrap();
+        w.run_for(100);
+    }
+    finish_clean(&mut w);
+    let c = &w.history().counts;
+    let sent = (c.frames_dropped + c.frames_delivered - c.frames_duplicated) as f64;
+    let lost = c.frames_dropped as f64 / sent;
+    let doubled = c.frames_duplicated as f64 / sent;
+    assert!(sent > 1_000.0, "{c:?}");
+    assert!((0.07..0.13).contains(&lost), "lost {lost:.3} of {sent} frames");
+    assert!((0.03..0.07).contains(&doubled), "duplicated {doubled:.3} of {sent} frames");
+}

@@ -454,6 +454,18 @@ mod tests {
         );
     }
 
+    /// Joining at version 1 is seeing the whole history: not partial, so an
+    /// admin's member list at that same version is not taken over ours.
+    #[test]
+    fn joining_at_version_one_is_not_partial() {
+        let id = admin();
+        let mut g = Groups::default();
+        let v1 = signed(&id, 1, &["bob"], &[]);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v1, &u("bob"), Some(id.public())), Verdict::Apply);
+        g.apply(&v1, &u("bob"));
+        assert!(!g.groups.get(&GroupId([7; 16])).unwrap().partial);
+    }
+
     #[test]
     fn joining_mid_way_is_partial_and_we_can_be_removed() {
         let id = admin();
