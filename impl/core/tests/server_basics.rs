@@ -403,3 +403,22 @@ fn a_failed_ack_or_expiry_write_errs_towards_redelivery_never_loss() {
     assert_eq!(r.server.mailbox_len(&bob.addr), 0);
     let _ = alice;
 }
+
+/// A server timer that fires while a message is still inside its retry
+/// window keeps the message's id: a retry an hour later is answered as a
+/// duplicate, not queued a second time.
+#[test]
+fn a_retry_inside_the_window_is_a_duplicate_across_timer_sweeps() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    let first = r.send(alice.conn, &text(&bob, 7, b"once"));
+    assert!(matches!(first.as_slice(), [ServerFrame::ServerAck { .. }]), "{first:?}");
+    r.now += 3_600_000;
+    r.server.handle_timeout(r.now, &mut r.store);
+    let again = r.send(alice.conn, &text(&bob, 7, b"once"));
+    assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]), "{again:?}");
+    assert_eq!(r.server.stats().duplicate_sends, 1);
+    assert_eq!(r.server.mailbox_len(&bob.addr), 1);
+}

@@ -127,6 +127,17 @@ impl BodyStore {
 mod tests {
     use super::*;
 
+    /// A body whose recount comes to zero is dropped at restore like one
+    /// with no count at all (held, it would never be freed).
+    #[test]
+    fn a_restored_body_counted_zero_times_is_dropped() {
+        let refs: BTreeMap<BodyId, u32> = [(BodyId(1), 0), (BodyId(2), 2)].into_iter().collect();
+        let (store, dropped) = BodyStore::restore([(BodyId(1), vec![1; 10]), (BodyId(2), vec![2; 20])], &refs);
+        assert_eq!(dropped, vec![BodyId(1)]);
+        assert_eq!((store.len(), store.bytes_held()), (1, 20));
+        assert_eq!(store.next_id(), 3);
+    }
+
     #[test]
     fn remove_drops_a_body_whatever_its_references_and_says_if_it_was_held() {
         let mut store = BodyStore::default();
