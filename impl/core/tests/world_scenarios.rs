@@ -744,3 +744,20 @@ fn frames_are_lost_and_duplicated_at_the_configured_rates() {
     assert!((0.07..0.13).contains(&lost), "lost {lost:.3} of {sent} frames");
     assert!((0.03..0.07).contains(&doubled), "duplicated {doubled:.3} of {sent} frames");
 }
+
+/// The quiesce phase waits for messages still in their sender's outbox, not
+/// only for frames in flight and queued mailboxes: messages held for a key
+/// bundle the fetch limit has not allowed yet go out a minute later, and
+/// still count as delivered.
+#[test]
+fn quiesce_waits_for_messages_still_in_their_senders_outbox() {
+    let (mut w, u) = world(25, |c| c.client_bundle_fetches_per_minute = 1);
+    w.run_for(5_000);
+    for (i, to) in u[1..].iter().enumerate() {
+        w.send_text(&u[0], to, &plaintext(25, i as u64)).unwrap();
+    }
+    w.run_for(5_000);
+    assert!(w.history().counts.app_deliveries < 3, "the fetch limit held some back");
+    finish_clean(&mut w);
+    assert_eq!(w.history().counts.app_deliveries, 3);
+}
