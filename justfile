@@ -120,6 +120,27 @@ mutants *args="-p bluetick-crypto":
     command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked --version 27.1.0
     cargo mutants -j 2 --output target/mutants {{args}}
 
+# The survivors of a `just mutants` run, judged by the tests the issue counts
+# (core, simulator and model checker together): cargo-mutants runs only the
+# mutated crate's tests. Each survivor's diff is applied to a clean worktree of
+# HEAD, `cargo test -p bluetick-core -p bluetick-sim -p bluetick-model` runs
+# (about 80 s each), and CAUGHT or MISSED is printed.
+mutants-cross out="target/mutants/mutants.out":
+    #!/usr/bin/env bash
+    set -u
+    top=$(pwd); wt=$(mktemp -d); out=$(realpath {{out}})
+    git worktree add -q --detach "$wt" HEAD
+    trap 'git -C "$top" worktree remove --force "$wt"' EXIT
+    export CARGO_TARGET_DIR="$top/target/mutants-cross"
+    grep -E '^[^:]+:[0-9]+:[0-9]+:' "$out/missed.txt" | while IFS= read -r m; do
+        d="$out/diff/$(echo "$m" | sed -E 's#^([^:]+):([0-9]+):([0-9]+):.*#\1_line_\2_col_\3#; s#/#__#g').diff"
+        f=$(sed -n '1s/^--- //p' "$d")
+        (cd "$wt" && patch -s -p0 "$f" < "$d") || { echo "NOT APPLIED  $m"; continue; }
+        if (cd "$wt" && cargo test -q -p bluetick-core -p bluetick-sim -p bluetick-model >/dev/null 2>&1); then r=MISSED; else r=CAUGHT; fi
+        (cd "$wt" && git checkout -q -- .)
+        echo "$r  $m"
+    done
+
 # Regenerate the committed example reports (reports/examples/) of every bundled scenario at its default seed.
 reports:
     cargo build --release
