@@ -1153,11 +1153,9 @@ fn the_largest_body_allowed_fits_the_ciphertext_limit_and_is_delivered() {
     ));
 }
 
-/// A bundle that answers another request (stale, or pushed by the server
-/// unasked) starts no session: otherwise a server could replace a
-/// conversation's keys whenever it liked.
-#[test]
-fn a_bundle_answering_another_request_starts_no_session() {
+/// Alice writes "hi" to bob, a first contact; the key bundle the server
+/// answers her fetch with is held back and returned.
+fn alice_writes_to_bob_and_her_bundle_is_held() -> (Net, ServerFrame) {
     let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
     net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now)).unwrap();
     let mut held = None;
@@ -1168,7 +1166,16 @@ fn a_bundle_answering_another_request_starts_no_session() {
         }
         _ => Fate::Deliver,
     });
-    let Some(ServerFrame::Bundle { request, bundle }) = held else { panic!("alice fetched no bundle") };
+    (net, held.expect("alice fetched no bundle"))
+}
+
+/// A bundle that answers another request (stale, or pushed by the server
+/// unasked) starts no session: otherwise a server could replace a
+/// conversation's keys whenever it liked.
+#[test]
+fn a_bundle_answering_another_request_starts_no_session() {
+    let (mut net, held) = alice_writes_to_bob_and_her_bundle_is_held();
+    let ServerFrame::Bundle { request, bundle } = held else { panic!("not a bundle") };
     let stale = ServerFrame::Bundle { request: request.wrapping_add(1), bundle: bundle.clone() };
     net.call("alice", |c, now| c.handle_frame(stale, now));
     net.pump();
@@ -1571,17 +1578,7 @@ fn receipts_owed_while_a_receipt_frame_is_held_wait_and_join_one_batch() {
 /// the session the peer is using and spend a one-time prekey for nothing).
 #[test]
 fn a_bundle_arriving_after_the_peer_opened_a_session_keeps_that_session() {
-    let mut net = Net::with(&["alice", "bob"], ClientBugs::none());
-    net.call("alice", |c, now| c.send_text(&u("bob"), b"hi", now)).unwrap();
-    let mut held = None;
-    net.pump_with(|name, frame| match frame {
-        ServerFrame::Bundle { .. } if name.as_str() == "alice" && held.is_none() => {
-            held = Some(frame.clone());
-            Fate::Drop
-        }
-        _ => Fate::Deliver,
-    });
-    let held = held.expect("alice fetched no bundle");
+    let (mut net, held) = alice_writes_to_bob_and_her_bundle_is_held();
     net.call("bob", |c, now| c.send_text(&u("alice"), b"hello", now)).unwrap();
     net.pump();
     assert_eq!(net.bodies("alice"), vec![b"hello".to_vec()]);
