@@ -308,6 +308,7 @@ fn a_client_leaking_plaintext_is_caught_on_the_server() {
     let leak =
         |place: &str| w.violations().iter().any(|v| v.invariant == names::NO_PLAINTEXT && v.detail.contains(place));
     assert!(leak("table"), "{:#?}", w.violations());
+    assert!(!leak("(key )"), "the finding names the row's key: {:#?}", w.violations());
     assert!(leak("memory"), "{:#?}", w.violations());
 }
 

@@ -68,6 +68,8 @@ fn steps_server_crashes_and_one_to_one_reads_are_counted_as_they_happen() {
     let read = &w.history().read;
     assert!(read.contains(&(u[1].clone(), direct)));
     assert!(!read.contains(&(u[1].clone(), grouped)), "a 1:1 read marked a group message read");
+    w.mark_group_read(&u[1], g);
+    assert!(w.history().read.contains(&(u[1].clone(), grouped)), "the group read is recorded");
     w.crash_server();
     w.crash_server();
     assert_eq!(w.history().counts.server_crashes, 2);
@@ -760,4 +762,29 @@ fn quiesce_waits_for_messages_still_in_their_senders_outbox() {
     assert!(w.history().counts.app_deliveries < 3, "the fetch limit held some back");
     finish_clean(&mut w);
     assert_eq!(w.history().counts.app_deliveries, 3);
+}
+
+/// A rule that only drops delays nothing: its delayed count stays zero
+/// while its dropped count grows.
+#[test]
+fn a_drop_only_rule_counts_drops_and_no_delays() {
+    let (mut w, u) = world(26, |_| {});
+    w.run_for(5_000);
+    let rule = w.add_frame_fault(FrameFault {
+        kind: Some("send".into()),
+        direction: Some(Direction::ToServer),
+        user: Some(u[0].clone()),
+        drop_per_mille: 500,
+        duplicate_per_mille: 0,
+        delay_ms: 0,
+    });
+    for i in 0..20 {
+        w.send_text(&u[0], &u[1], &plaintext(26, i)).unwrap();
+        w.run_for(200);
+    }
+    w.clear_frame_faults();
+    let count = &w.history().counts.frame_faults[rule];
+    assert!(count.dropped > 0, "{count:?}");
+    assert_eq!(count.delayed, 0, "{count:?}");
+    finish_clean(&mut w);
 }
