@@ -466,6 +466,18 @@ mod tests {
         assert!(!g.groups.get(&GroupId([7; 16])).unwrap().partial);
     }
 
+    /// A change that names someone already in the group adds nobody: only
+    /// real newcomers get our sender key.
+    #[test]
+    fn re_adding_a_member_adds_nobody() {
+        let id = admin();
+        let mut g = Groups::default();
+        g.apply(&signed(&id, 1, &["bob"], &[]), &u("bob"));
+        let v2 = signed(&id, 2, &["bob", "carol"], &[]);
+        assert_eq!(g.check(CipherSuite::BluetickV1, &v2, &u("bob"), Some(id.public())), Verdict::Apply);
+        assert_eq!(g.apply(&v2, &u("bob")).added, vec![u("carol")]);
+    }
+
     #[test]
     fn joining_mid_way_is_partial_and_we_can_be_removed() {
         let id = admin();
