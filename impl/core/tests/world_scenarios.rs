@@ -706,12 +706,9 @@ fn a_group_message_accepted_after_a_removal_is_owed_only_to_the_remaining_member
     let g = w.create_group(&u[0], &u[1..3]).unwrap();
     w.run_for(3_000);
     let slow = w.add_frame_fault(FrameFault {
-        kind: Some("group-send".into()),
-        direction: Some(Direction::ToServer),
-        user: Some(u[2].clone()),
         drop_per_mille: 0,
-        duplicate_per_mille: 0,
         delay_ms: 2_000,
+        ..drop_rule("group-send", Direction::ToServer, &u[2])
     });
     let id = w.send_group(&u[2], g, &plaintext(23, 1)).unwrap();
     w.run_for(100);
@@ -770,14 +767,7 @@ fn quiesce_waits_for_messages_still_in_their_senders_outbox() {
 fn a_drop_only_rule_counts_drops_and_no_delays() {
     let (mut w, u) = world(26, |_| {});
     w.run_for(5_000);
-    let rule = w.add_frame_fault(FrameFault {
-        kind: Some("send".into()),
-        direction: Some(Direction::ToServer),
-        user: Some(u[0].clone()),
-        drop_per_mille: 500,
-        duplicate_per_mille: 0,
-        delay_ms: 0,
-    });
+    let rule = w.add_frame_fault(FrameFault { drop_per_mille: 500, ..drop_rule("send", Direction::ToServer, &u[0]) });
     for i in 0..20 {
         w.send_text(&u[0], &u[1], &plaintext(26, i)).unwrap();
         w.run_for(200);
