@@ -10,8 +10,17 @@ use serde::{Deserialize, Serialize};
 pub const USER_ID_LEN_MAX: usize = 32;
 
 /// A user's account name: 1 to [`USER_ID_LEN_MAX`] bytes of `[a-z0-9_.+-]`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct UserId(String);
+///
+/// Held inline, zero-padded, not as a `String`: user ids are the keys of
+/// most maps in the server, client and simulator, and as heap strings every
+/// lookup was a `memcmp` call and every clone an allocation (a fifth of the
+/// direct driver's time). No valid byte is zero, so comparing the padded
+/// bytes as big-endian words, then the lengths, is exactly the string order.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserId {
+    bytes: [u8; USER_ID_LEN_MAX],
+    len: u8,
+}
 
 /// Why a user id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +47,7 @@ impl UserId {
     /// Sorts before every valid user id (it is not one): the lower bound of
     /// a range over keys that start with something else.
     pub(crate) fn least() -> Self {
-        UserId(String::new())
+        UserId { bytes: [0; USER_ID_LEN_MAX], len: 0 }
     }
 
     /// Validates and wraps a user name.
@@ -51,31 +60,90 @@ impl UserId {
         {
             return Err(UserIdError::Character { found, at });
         }
-        Ok(UserId(name.to_owned()))
+        let mut bytes = [0; USER_ID_LEN_MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        // The length check above keeps it within u8.
+        Ok(UserId { bytes, len: name.len() as u8 })
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `new` fills the bytes, with a validated ASCII name.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// The padded bytes as big-endian words: their order is the names' order
+    /// up to a tie between a name and its zero-padded extension, which the
+    /// lengths break.
+    fn words(&self) -> [u64; USER_ID_LEN_MAX / 8] {
+        let mut w = [0u64; USER_ID_LEN_MAX / 8];
+        for (word, chunk) in w.iter_mut().zip(self.bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *word = u64::from_be_bytes(b);
+        }
+        w
+    }
+}
+
+impl Ord for UserId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a, b) = (self.words(), other.words());
+        for (x, y) in a.iter().zip(b.iter()) {
+            if x != y {
+                return x.cmp(y);
+            }
+        }
+        self.len.cmp(&other.len)
+    }
+}
+
+impl PartialOrd for UserId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for UserId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the `String` it once was, so hashes (and model fingerprints) did not move.
+        self.as_str().hash(state);
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A newtype of a string, as the derive on `UserId(String)` wrote it:
+        // stored and wire bytes are unchanged.
+        s.serialize_newtype_struct("UserId", self.as_str())
     }
 }
 
 impl<'de> Deserialize<'de> for UserId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        UserId::new(&s).map_err(serde::de::Error::custom)
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = UserId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a user id")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UserId, E> {
+                UserId::new(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "@{}", self.0)
+        write!(f, "@{}", self.as_str())
     }
 }
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -180,5 +248,32 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<UserId, _> = postcard::from_bytes(&postcard::to_allocvec(&"Carol!").unwrap());
         assert!(bad.is_err());
+    }
+
+    fn name() -> impl proptest::strategy::Strategy<Value = String> {
+        // A small alphabet, so that prefixes and ties are common.
+        proptest::string::string_regex("[ab0.]{1,32}").expect("valid regex")
+    }
+
+    proptest::proptest! {
+        /// The inline representation must order, compare and encode exactly
+        /// as the `String` it replaced: maps keyed by user ids, and so traces
+        /// and reports, iterate in this order.
+        #[test]
+        fn user_id_orders_and_encodes_as_its_name(a in name(), b in name()) {
+            let (ua, ub) = (UserId::new(&a).unwrap(), UserId::new(&b).unwrap());
+            proptest::prop_assert_eq!(ua.cmp(&ub), a.cmp(&b));
+            proptest::prop_assert_eq!(ua == ub, a == b);
+            proptest::prop_assert_eq!(ua.as_str(), a.as_str());
+            proptest::prop_assert_eq!(postcard::to_allocvec(&ua).unwrap(), postcard::to_allocvec(&a).unwrap());
+            proptest::prop_assert!(UserId::least() < ua);
+        }
+    }
+
+    #[test]
+    fn a_name_sorts_before_its_extensions_and_after_its_prefixes() {
+        let ids: Vec<UserId> =
+            ["a", "a.", "a0", "aa", "aaaaaaaa", "aaaaaaaaa", "b"].iter().map(|n| UserId::new(n).unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 }
