@@ -183,8 +183,23 @@ impl fmt::Debug for DeviceAddress {
 macro_rules! id128 {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub struct $name(pub [u8; 16]);
+
+        // The bytes' order, as one big-endian integer: the derived order on
+        // `[u8; 16]` calls `memcmp`, and ids are keys of the largest maps (the
+        // server's accepted ids, the clients' dedup sets).
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                u128::from_be_bytes(self.0).cmp(&u128::from_be_bytes(other.0))
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
 
         impl $name {
             /// Draws a fresh id from the injected RNG (never uuid v4 from the OS).
@@ -267,6 +282,13 @@ mod tests {
             proptest::prop_assert_eq!(ua.as_str(), a.as_str());
             proptest::prop_assert_eq!(postcard::to_allocvec(&ua).unwrap(), postcard::to_allocvec(&a).unwrap());
             proptest::prop_assert!(UserId::least() < ua);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_order_as_their_bytes(a in proptest::array::uniform16(0u8..4), b in proptest::array::uniform16(0u8..4)) {
+            proptest::prop_assert_eq!(MessageId(a).cmp(&MessageId(b)), a.cmp(&b));
         }
     }
 
