@@ -132,8 +132,8 @@ impl Driver for DirectDriver {
         self.world.trace().to_vec()
     }
 
-    fn trace_slice(&self) -> Option<&[TraceEvent]> {
-        Some(self.world.trace())
+    fn drain_trace(&mut self, out: &mut Vec<TraceEvent>) {
+        self.world.drain_trace(out);
     }
 
     fn send_media(&mut self, from: &UserId, to: &UserId, bytes: &[u8]) -> Result<Option<MessageId>, Unsupported> {

@@ -102,18 +102,15 @@ pub trait Driver {
     fn finish(&mut self) -> Vec<Violation>;
     /// What happened (the oracle's input).
     fn history(&self) -> &History;
-    /// The deterministic trace so far.
+    /// The deterministic trace so far, less what [`Driver::drain_trace`] took.
     fn trace(&self) -> Vec<TraceEvent>;
+    /// Moves the trace events recorded since the last call to the end of
+    /// `out`, in order: a long run has millions, which the runner streams
+    /// out rather than keep.
+    fn drain_trace(&mut self, out: &mut Vec<TraceEvent>);
 
     // ----- added capabilities: the defaults say "unsupported", so a driver
     // that predates them keeps compiling and the runner reports it cleanly.
-
-    /// The trace without copying it, for a driver that keeps it in memory
-    /// (long runs have millions of lines); `None` makes the runner use
-    /// [`Driver::trace`].
-    fn trace_slice(&self) -> Option<&[TraceEvent]> {
-        None
-    }
 
     /// `from` sends an attachment of `bytes` to `to`; the id, if the client accepted it.
     fn send_media(&mut self, from: &UserId, to: &UserId, bytes: &[u8]) -> Result<Option<MessageId>, Unsupported> {

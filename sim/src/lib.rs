@@ -13,6 +13,7 @@
 //! - [`direct`]: the direct driver over the core's in-process `World`.
 //! - [`invariants`]: the invariants judged and when each applies.
 //! - [`run`]: one run: plan → driver → quiesce → verdicts, guards, latency, `trace_hash`.
+//! - [`trace`]: the trace written, hashed and mined for latencies on a second thread as the run goes.
 //! - [`report`]: `report.json`, `report.md`, `trace.jsonl`; [`html`]: `report.html` with SVG plots.
 //! - [`sweep`]: many seeds at once, shards and their merge, shrinking a failure.
 //! - [`cli`]: `bluetick run`, `bluetick sweep`, `bluetick merge`.
@@ -26,4 +27,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod sweep;
+pub mod trace;
 pub mod turmoil;

@@ -23,15 +23,15 @@ use bluetick_core::world::Faults;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::direct::DirectDriver;
-use crate::driver::{Direction, Driver, DriverConfig, FrameFault, TraceEvent, Unsupported};
+use crate::driver::{Direction, Driver, DriverConfig, FrameFault, Unsupported};
 use crate::invariants;
 use crate::scenario::model::{ClientBugName, KeyBugName, MailboxBugName, PresenceBugName};
 use crate::scenario::resolve::{self, sub_seed, Action, Knobs, Plan, ResolveError};
 use crate::scenario::spec::{DriverKind, Scenario, VisibilityName, Way};
 use crate::scenario::units::format_duration_ms;
+use crate::trace::{AppDelivery, TraceDigest, TraceSink};
 
 /// While reads are pending, the runner looks for newly received messages at
 /// least this often (simulated): a read is then at most this late against
@@ -80,6 +80,10 @@ pub enum RunError {
         /// The action that needed it.
         action: &'static str,
     },
+    /// The thread writing the trace died: a bug in the simulator, reported
+    /// rather than writing a report without its trace.
+    #[error("the trace writer failed (a simulator bug); no report was written")]
+    TraceLost,
 }
 
 /// An invariant's outcome.
@@ -422,6 +426,8 @@ struct Runner<'a> {
     received_cursor: usize,
     counters: BTreeMap<&'static str, u64>,
     fired: Fired,
+    /// Where the driver's trace goes as the run makes it.
+    trace: TraceSink,
 }
 
 /// Runs `s` with `opts`.
@@ -468,6 +474,7 @@ pub fn run_keeping_driver(s: &Scenario, opts: &RunOptions) -> Result<(RunOutcome
         received_cursor: 0,
         counters: BTreeMap::new(),
         fired: Fired::default(),
+        trace: TraceSink::new(),
     };
     r.counters.insert("messages_planned", plan.planned_sends.values().sum());
     r.counters.insert("group_sends_skipped", plan.skipped_group_sends);
@@ -482,7 +489,11 @@ pub fn run_keeping_driver(s: &Scenario, opts: &RunOptions) -> Result<(RunOutcome
     let end = r.d.now_ms() - base_ms;
     let mut violations = r.d.finish();
     violations.extend(r.unacknowledged());
-    let outcome = r.judge(opts, kind, violations, end_of_load, end);
+    r.drain_trace();
+    let Runner { trace, .. } = &mut r;
+    let trace = std::mem::replace(trace, TraceSink::inline());
+    let digest = trace.finish().ok_or(RunError::TraceLost)?;
+    let outcome = r.judge(opts, kind, violations, end_of_load, end, digest);
     Ok((outcome, r.d))
 }
 
@@ -491,10 +502,17 @@ impl Runner<'_> {
         self.d.now_ms().saturating_sub(self.base_ms)
     }
 
+    /// Hands the driver's new trace events to the trace writer.
+    fn drain_trace(&mut self) {
+        self.d.drain_trace(self.trace.buffer());
+        self.trace.flush_if_full();
+    }
+
     /// Runs the driver to `t_rel`, doing due reads on the way.
     fn advance_to(&mut self, t_rel: u64) {
         if self.s.workload.read_delay_ms.is_none() {
             self.d.run_until(self.base_ms + t_rel);
+            self.drain_trace();
             return;
         }
         loop {
@@ -505,6 +523,7 @@ impl Runner<'_> {
                 next = next.min(rt.max(now));
             }
             self.d.run_until(self.base_ms + next);
+            self.drain_trace();
             self.collect_receipts();
             self.do_due_reads();
             if next >= t_rel {
@@ -770,6 +789,7 @@ impl Runner<'_> {
         violations: Vec<Violation>,
         end_of_load: u64,
         end: u64,
+        trace: TraceDigest,
     ) -> RunOutcome {
         let s = self.s;
         let plan = self.plan;
@@ -823,26 +843,8 @@ impl Runner<'_> {
         }
 
         // Trace and latency.
-        let owned;
-        let trace: &[TraceEvent] = match self.d.trace_slice() {
-            Some(t) => t,
-            None => {
-                owned = self.d.trace();
-                &owned
-            }
-        };
-        let mut jsonl = Vec::with_capacity(trace.len() * 96);
-        for ev in trace {
-            // Straight into the buffer, not a vector per line: a long run has
-            // millions. Writing a `TraceEvent` into a vector cannot fail, so
-            // no line is left half-written.
-            if serde_json::to_writer(&mut jsonl, ev).is_ok() {
-                jsonl.push(b'\n');
-            }
-        }
-        let trace_hash = hex::encode(Sha256::digest(&jsonl));
-        let trace_lines = trace.len() as u64;
-        let (all, online) = latencies(trace, &self.sent, self.base_ms, &self.unavailable, &self.server_crashes);
+        let TraceDigest { jsonl, hash: trace_hash, lines: trace_lines, deliveries } = trace;
+        let (all, online) = latencies(&deliveries, &self.sent, self.base_ms, &self.unavailable, &self.server_crashes);
         counts.insert("latency_samples".to_owned(), all.len() as u64);
         counts.insert("latency_samples_online".to_owned(), online.len() as u64);
         let latency = Latency { all: percentiles(all), online: percentiles(online) };
@@ -1160,15 +1162,10 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// The value of `key=` in a trace detail line.
-fn field<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
-    detail.split(' ').find_map(|tok| tok.strip_prefix(key)?.strip_prefix('='))
-}
-
 /// Send → first app delivery latencies, all and to online recipients, from
-/// the trace's `app` lines (`user=… event=message|media … id=…`).
+/// the trace's app deliveries.
 fn latencies(
-    trace: &[TraceEvent],
+    deliveries: &[AppDelivery],
     sent: &BTreeMap<MessageId, SentRecord>,
     base_ms: u64,
     unavailable: &BTreeMap<UserId, Vec<(u64, Option<u64>)>>,
@@ -1181,29 +1178,22 @@ fn latencies(
     for (n, (id, rec)) in sent.iter().enumerate() {
         by_label.entry(format!("{id:?}")).and_modify(|e| *e = None).or_insert(Some((n, rec)));
     }
-    let unavailable: BTreeMap<&str, &[(u64, Option<u64>)]> =
-        unavailable.iter().map(|(u, v)| (u.as_str(), v.as_slice())).collect();
-    let mut seen: BTreeSet<(usize, &str)> = BTreeSet::new();
+    let mut seen: BTreeSet<(usize, &UserId)> = BTreeSet::new();
     let mut all = Vec::new();
     let mut online = Vec::new();
-    for ev in trace.iter().filter(|e| e.event == "app") {
-        let kind = field(&ev.detail, "event");
-        if kind != Some("message") && kind != Some("media") {
+    for d in deliveries {
+        let Some(Some((n, rec))) = by_label.get(d.id.as_str()) else { continue };
+        if !seen.insert((*n, &d.user)) {
             continue;
         }
-        let (Some(user), Some(id)) = (field(&ev.detail, "user"), field(&ev.detail, "id")) else { continue };
-        let Some(Some((n, rec))) = by_label.get(id) else { continue };
-        if !seen.insert((*n, user)) {
-            continue;
-        }
-        let at = ev.at_ms.saturating_sub(base_ms);
+        let at = d.at_ms.saturating_sub(base_ms);
         let lat = at.saturating_sub(rec.at_ms);
         all.push(lat);
-        let reachable = |u: &str| {
+        let reachable = |u: &UserId| {
             unavailable.get(u).is_none_or(|v| v.iter().all(|(a, b)| *a > at || b.is_some_and(|b| b < rec.at_ms)))
         };
         let server_up = server_crashes.iter().all(|c| *c < rec.at_ms || *c > at);
-        if server_up && reachable(user) && reachable(rec.from.as_str()) {
+        if server_up && reachable(&d.user) && reachable(&rec.from) {
             online.push(lat);
         }
     }
@@ -1241,14 +1231,5 @@ mod tests {
         assert_eq!(a.len(), 100);
         assert_ne!(a[..32], b[..32]);
         assert_ne!(text_body(2, 5, 32), text_body(1, 5, 32));
-    }
-
-    #[test]
-    fn trace_fields_are_found_by_key() {
-        let d = "user=bob event=message from=alice group=None id=M0a1b2c3d len=64";
-        assert_eq!(field(d, "user"), Some("bob"));
-        assert_eq!(field(d, "id"), Some("M0a1b2c3d"));
-        assert_eq!(field(d, "event"), Some("message"));
-        assert_eq!(field(d, "nope"), None);
     }
 }

@@ -1233,8 +1233,8 @@ impl Driver for TurmoilDriver {
         self.trace.clone()
     }
 
-    fn trace_slice(&self) -> Option<&[TraceEvent]> {
-        Some(&self.trace)
+    fn drain_trace(&mut self, out: &mut Vec<TraceEvent>) {
+        out.append(&mut self.trace);
     }
 
     fn mark_group_read(&mut self, reader: &UserId, group: GroupId) -> Result<(), Unsupported> {

@@ -318,9 +318,16 @@ impl World {
         &self.violations
     }
 
-    /// The deterministic trace so far (empty when [`WorldConfig::trace`] is off).
+    /// The deterministic trace so far (empty when [`WorldConfig::trace`] is
+    /// off), less what [`World::drain_trace`] took.
     pub fn trace(&self) -> &[TraceEvent] {
         &self.trace
+    }
+
+    /// Moves the trace recorded since the last call to the end of `out`, in
+    /// order, so a long run need not hold all of it.
+    pub fn drain_trace(&mut self, out: &mut Vec<TraceEvent>) {
+        out.append(&mut self.trace);
     }
 
     /// The server (for checks and reports).
