@@ -474,7 +474,7 @@ pub fn run_keeping_driver(s: &Scenario, opts: &RunOptions) -> Result<(RunOutcome
         received_cursor: 0,
         counters: BTreeMap::new(),
         fired: Fired::default(),
-        trace: TraceSink::new(),
+        trace: TraceSink::background(),
     };
     r.counters.insert("messages_planned", plan.planned_sends.values().sum());
     r.counters.insert("group_sends_skipped", plan.skipped_group_sends);
@@ -490,8 +490,7 @@ pub fn run_keeping_driver(s: &Scenario, opts: &RunOptions) -> Result<(RunOutcome
     let mut violations = r.d.finish();
     violations.extend(r.unacknowledged());
     r.drain_trace();
-    let Runner { trace, .. } = &mut r;
-    let trace = std::mem::replace(trace, TraceSink::inline());
+    let trace = std::mem::replace(&mut r.trace, TraceSink::inline());
     let digest = trace.finish().ok_or(RunError::TraceLost)?;
     let outcome = r.judge(opts, kind, violations, end_of_load, end, digest);
     Ok((outcome, r.d))

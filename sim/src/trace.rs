@@ -5,9 +5,10 @@
 //!
 //! The runner takes the events from the driver as they come
 //! ([`Driver::drain_trace`](crate::driver::Driver::drain_trace)) instead of
-//! leaving millions of them in the driver until the end: a line of JSON is a
-//! third of the size of the event it came from, and the serialising and
-//! hashing (about a tenth of a direct run) move off the simulating thread.
+//! leaving millions of them in the driver until the end: the events (two
+//! heap strings each) are freed as they are written, which took the peak
+//! memory of a 10-second direct run from 919 to 670 MB, and the serialising
+//! and hashing move off the simulating thread.
 //! One consumer takes the batches in order, so the bytes, and so the hash,
 //! are exactly those a single thread writes.
 
@@ -125,7 +126,7 @@ enum Mode {
 impl TraceSink {
     /// A sink consuming on a second thread (on this one if none can be
     /// started).
-    pub fn new() -> Self {
+    pub fn background() -> Self {
         let (tx, rx) = sync_channel::<Vec<TraceEvent>>(BATCHES_QUEUED_MAX);
         let mode = match std::thread::Builder::new().name("trace".into()).spawn(move || consume(rx)) {
             Ok(worker) => Mode::Background { tx, worker },
@@ -178,12 +179,6 @@ impl TraceSink {
     }
 }
 
-impl Default for TraceSink {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 fn consume(rx: Receiver<Vec<TraceEvent>>) -> TraceDigest {
     let mut c = Consumer::default();
     while let Ok(batch) = rx.recv() {
@@ -225,7 +220,7 @@ mod tests {
         // More than a batch, handed in unevenly, as the runner does.
         let all = events(3 * BATCH as u64 + 17);
         let (jsonl, hash) = by_one_thread(&all);
-        for mut sink in [TraceSink::new(), TraceSink::inline()] {
+        for mut sink in [TraceSink::background(), TraceSink::inline()] {
             for chunk in all.chunks(1000) {
                 sink.buffer().extend_from_slice(chunk);
                 sink.flush_if_full();
@@ -242,7 +237,7 @@ mod tests {
 
     #[test]
     fn an_empty_trace_hashes_as_empty_bytes() {
-        let d = TraceSink::new().finish().unwrap();
+        let d = TraceSink::background().finish().unwrap();
         assert_eq!((d.lines, d.jsonl.len()), (0, 0));
         assert_eq!(d.hash, hex::encode(Sha256::digest(b"")));
     }
