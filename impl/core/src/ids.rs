@@ -293,6 +293,19 @@ mod tests {
     }
 
     #[test]
+    fn a_user_id_hashes_as_its_name_and_names_itself_when_refused() {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        let alice = UserId::new("alice").unwrap();
+        assert_eq!(hasher.hash_one(&alice), hasher.hash_one("alice".to_owned()));
+        assert_ne!(hasher.hash_one(&alice), hasher.hash_one(UserId::new("bob").unwrap()));
+
+        use serde::de::value::{Error, U32Deserializer};
+        let refused = UserId::deserialize(U32Deserializer::<Error>::new(5)).unwrap_err();
+        assert!(refused.to_string().contains("expected a user id"), "{refused}");
+    }
+
+    #[test]
     fn a_name_sorts_before_its_extensions_and_after_its_prefixes() {
         let ids: Vec<UserId> =
             ["a", "a.", "a0", "aa", "aaaaaaaa", "aaaaaaaaa", "b"].iter().map(|n| UserId::new(n).unwrap()).collect();
