@@ -58,13 +58,13 @@ pub struct TraceDigest {
 struct Consumer {
     jsonl: Vec<u8>,
     hasher: Sha256,
-    hashed: usize,
     lines: u64,
     deliveries: Vec<AppDelivery>,
 }
 
 impl Consumer {
     fn take(&mut self, batch: Vec<TraceEvent>) {
+        let start = self.jsonl.len();
         for ev in &batch {
             // Writing a `TraceEvent` into a vector cannot fail, so no line
             // is left half-written.
@@ -77,10 +77,9 @@ impl Consumer {
             }
         }
         // Hash what this batch added while it is still in cache.
-        if let Some(fresh) = self.jsonl.get(self.hashed..) {
+        if let Some(fresh) = self.jsonl.get(start..) {
             self.hasher.update(fresh);
         }
-        self.hashed = self.jsonl.len();
     }
 
     fn finish(self) -> TraceDigest {
