@@ -62,8 +62,11 @@ impl Line<'_> {
 
 /// The page for `o`.
 pub fn html(o: &RunOutcome) -> String {
-    let lines: Vec<Line<'_>> =
-        o.trace_jsonl.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect();
+    // Sized up front: collecting a long run's million lines by doubling
+    // held up to twice their size (and copied them) at the run's peak.
+    let count = o.trace_jsonl.iter().filter(|b| **b == b'\n').count() + 1;
+    let mut lines: Vec<Line<'_>> = Vec::with_capacity(count);
+    lines.extend(o.trace_jsonl.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()));
 
     let mut s = String::new();
     let verdict = if o.passed { "PASSED" } else { "FAILED" };

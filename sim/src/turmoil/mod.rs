@@ -578,7 +578,7 @@ impl TurmoilDriver {
                 if media {
                     self.history.media.insert(id);
                 }
-                self.history.record_sent(id, SentMessage { from, to, body });
+                self.history.record_sent(id, SentMessage::new(from, to, &body));
                 Vec::new()
             }
             Record::Read { at_ms, reader, peer } => {

@@ -366,8 +366,7 @@ impl World {
             self.after_client(from);
             return None;
         };
-        self.history
-            .record_sent(id, SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: body.to_vec() });
+        self.history.record_sent(id, SentMessage::new(from.clone(), BTreeSet::from([to.clone()]), body));
         self.note("send", format!("from={} to={} id={id:?} len={}", from.as_str(), to.as_str(), body.len()));
         self.after_client(from);
         Some(id)
@@ -382,10 +381,7 @@ impl World {
             self.after_client(from);
             return None;
         };
-        self.history.record_sent(
-            id,
-            SentMessage { from: from.clone(), to: BTreeSet::from([to.clone()]), body: bytes.to_vec() },
-        );
+        self.history.record_sent(id, SentMessage::new(from.clone(), BTreeSet::from([to.clone()]), bytes));
         self.history.media.insert(id);
         self.note("send-media", format!("from={} to={} id={id:?} len={}", from.as_str(), to.as_str(), bytes.len()));
         self.after_client(from);
@@ -452,7 +448,7 @@ impl World {
         };
         let to: BTreeSet<UserId> =
             client.group(&group).map(|(_, m)| m.into_iter().filter(|u| u != from).collect()).unwrap_or_default();
-        self.history.record_sent(id, SentMessage { from: from.clone(), to, body: body.to_vec() });
+        self.history.record_sent(id, SentMessage::new(from.clone(), to, body));
         self.note("send-group", format!("from={} group={group:?} id={id:?} len={}", from.as_str(), body.len()));
         self.after_client(from);
         Some(id)

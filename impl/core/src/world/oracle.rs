@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::faults::FrameFault;
 use crate::client::DeliveryState;
@@ -85,8 +86,49 @@ pub struct SentMessage {
     pub from: UserId,
     /// Intended recipients (one for 1:1, the other members for a group).
     pub to: BTreeSet<UserId>,
-    /// The plaintext.
-    pub body: Vec<u8>,
+    /// What the oracle keeps of the plaintext.
+    pub body: SentBody,
+}
+
+impl SentMessage {
+    /// The record of `body` sent by `from` to `to`.
+    pub fn new(from: UserId, to: BTreeSet<UserId>, body: &[u8]) -> Self {
+        SentMessage { from, to, body: SentBody::of(body) }
+    }
+}
+
+/// A sent plaintext as the checks need it: its first
+/// [`PLAINTEXT_NEEDLE_LEN`] bytes to search the server's store for, and a
+/// digest of the whole to compare what an app is shown with. Keeping whole
+/// bodies made them the largest part of a long run's memory (1 KiB per
+/// message, never freed: a message may be checked until the run ends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentBody {
+    needle: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl SentBody {
+    /// The record of `body`.
+    pub fn of(body: &[u8]) -> Self {
+        SentBody { needle: needle_of(body).to_vec(), digest: Sha256::digest(body).into() }
+    }
+
+    /// Whether `body` is the plaintext this was made from (a SHA-256
+    /// collision aside).
+    pub fn matches(&self, body: &[u8]) -> bool {
+        body.starts_with(&self.needle) && <[u8; 32]>::from(Sha256::digest(body)) == self.digest
+    }
+
+    /// The bytes searched for in what the server holds.
+    pub fn needle(&self) -> &[u8] {
+        &self.needle
+    }
+
+    /// SHA-256 of the whole plaintext.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
 }
 
 /// What happened, as seen from the apps and the wire.
@@ -309,7 +351,7 @@ impl History {
             });
         }
         if let (Some(sent), Some(body)) = (self.sent.get(&id), body) {
-            if sent.body != body {
+            if !sent.body.matches(body) {
                 out.push(Violation {
                     invariant: names::EXACTLY_ONCE,
                     at_ms,
@@ -412,8 +454,7 @@ impl History {
             let Some(ids) = self.needles.get(&key) else { continue };
             for id in ids {
                 let Some(m) = self.sent.get(id) else { continue };
-                let needle = needle_of(&m.body);
-                if haystack[at..].starts_with(needle) && found.is_none_or(|f| id < f) {
+                if haystack[at..].starts_with(m.body.needle()) && found.is_none_or(|f| id < f) {
                     found = Some(id);
                 }
             }
@@ -425,7 +466,8 @@ impl History {
 
     /// Records that an app asked to send `message` as `id`.
     pub fn record_sent(&mut self, id: MessageId, message: SentMessage) {
-        if let Ok(key) = <[u8; NEEDLE_KEY_LEN]>::try_from(&message.body[..message.body.len().min(NEEDLE_KEY_LEN)]) {
+        let needle = message.body.needle();
+        if let Ok(key) = <[u8; NEEDLE_KEY_LEN]>::try_from(&needle[..needle.len().min(NEEDLE_KEY_LEN)]) {
             if self.needle_prefixes.is_empty() {
                 self.needle_prefixes = vec![0; PREFIX_BITS / 64];
             }
@@ -473,7 +515,23 @@ mod tests {
 
     fn sent(h: &mut History, n: u8, body: &[u8]) {
         let from = UserId::new("alice").unwrap();
-        h.record_sent(MessageId([n; 16]), SentMessage { from, to: BTreeSet::new(), body: body.to_vec() });
+        h.record_sent(MessageId([n; 16]), SentMessage::new(from, BTreeSet::new(), body));
+    }
+
+    #[test]
+    fn a_sent_body_matches_only_its_own_plaintext() {
+        let long: Vec<u8> = (0..200u8).collect();
+        let b = SentBody::of(&long);
+        assert!(b.matches(&long));
+        assert_eq!(b.needle(), &long[..PLAINTEXT_NEEDLE_LEN]);
+        // Same first 64 bytes, different tail; one byte short; one extra.
+        let mut tail = long.clone();
+        tail[150] ^= 1;
+        assert!(!b.matches(&tail));
+        assert!(!b.matches(&long[..199]));
+        assert!(!b.matches(&[&long[..], &[0u8][..]].concat()));
+        let short = SentBody::of(b"hi");
+        assert!(short.matches(b"hi") && !short.matches(b"ho") && !short.matches(b"hi!"));
     }
 
     #[test]
