@@ -140,10 +140,7 @@ fn serve(listen: SocketAddr, data: &Path, max_frames_per_second: u32) -> Result<
         ),
         other => other.to_string(),
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = bluetick_net::runtime().map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => {

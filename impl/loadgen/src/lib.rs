@@ -741,7 +741,7 @@ pub enum Progress {
 /// the run finished but some did not (or errors occurred), 2 if it could
 /// not run; errors are sentences on stderr, never backtraces.
 pub fn cli_loadgen(args: LoadgenArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match bluetick_net::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {}", LoadgenError::Runtime(e));
