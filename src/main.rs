@@ -47,9 +47,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
-        /// Directory for the server's durable state (`server.redb`); created if missing.
+        /// Directory for the server's durable state (`server.redb` or
+        /// `server.log`); created if missing.
         #[arg(long, default_value = "./data")]
         data: PathBuf,
+        /// How the durable state is kept: `redb` (B-trees, one file) or
+        /// `log` (an append-only file indexed in memory: cheaper writes,
+        /// an index entry in memory per stored key). Both fsync every group
+        /// of writes before acknowledging it.
+        #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
+        store: StoreKind,
         /// Frames one connection may send per second before it is refused
         /// (burst: twice this). Raise it for load generators; real clients
         /// stay far below the default.
@@ -90,6 +97,15 @@ enum Command {
     },
 }
 
+/// The server's durable store (`bluetick serve --store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// `RedbStore`: `server.redb`.
+    Redb,
+    /// `LogStore`: `server.log`.
+    Log,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -101,13 +117,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { listen, data, max_frames_per_second } => match serve(listen, &data, max_frames_per_second) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
+        Command::Serve { listen, data, max_frames_per_second, store } => {
+            match serve(listen, &data, max_frames_per_second, store) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
         Command::Run(args) => bluetick_sim::cli::cli_run(args),
         Command::Sweep(args) => bluetick_sim::cli::cli_sweep(args),
         Command::Merge(args) => bluetick_sim::cli::cli_merge(args),
@@ -124,13 +142,15 @@ fn main() -> ExitCode {
 }
 
 /// Runs the server until Ctrl-C or SIGTERM; errors are sentences for a person.
-fn serve(listen: SocketAddr, data: &Path, max_frames_per_second: u32) -> Result<(), String> {
-    use bluetick_core::store::{RedbStore, StoreError};
-    use bluetick_net::server::{run_server, ServerOptions};
+fn serve(listen: SocketAddr, data: &Path, max_frames_per_second: u32, kind: StoreKind) -> Result<(), String> {
+    use bluetick_core::store::{LogStore, RedbStore, StoreError};
 
     std::fs::create_dir_all(data).map_err(|e| format!("cannot create the data directory {}: {e}", data.display()))?;
-    let db = data.join("server.redb");
-    let store = RedbStore::open(&db).map_err(|e| match e {
+    let db = data.join(match kind {
+        StoreKind::Redb => "server.redb",
+        StoreKind::Log => "server.log",
+    });
+    let refused = |e: StoreError| match e {
         StoreError::Locked { .. } => {
             format!("{} is in use by another bluetick server; stop it or choose another --data", db.display())
         }
@@ -139,7 +159,22 @@ fn serve(listen: SocketAddr, data: &Path, max_frames_per_second: u32) -> Result<
             db.display()
         ),
         other => other.to_string(),
-    })?;
+    };
+    match kind {
+        StoreKind::Redb => serve_with(listen, &db, max_frames_per_second, RedbStore::open(&db).map_err(refused)?),
+        StoreKind::Log => serve_with(listen, &db, max_frames_per_second, LogStore::open(&db).map_err(refused)?),
+    }
+}
+
+fn serve_with<S: bluetick_core::store::Store + Send + 'static>(
+    listen: SocketAddr,
+    db: &Path,
+    max_frames_per_second: u32,
+    store: S,
+) -> Result<(), String> {
+    use bluetick_net::server::{run_server, ServerOptions};
+
+    let data = db.parent().unwrap_or(db);
     let runtime = bluetick_net::runtime().map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
