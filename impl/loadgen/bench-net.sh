@@ -30,6 +30,9 @@
 #   mode: redb still commits every group, but fsync on tmpfs returns at once,
 #   so the ack means "in memory", as with mosquitto. (Stronger than
 #   mosquitto's: a killed server loses nothing, only a reboot does.)
+# - bluetick-log: `bluetick serve --store log` on disk: the append-only log
+#   store, one record and one fsync per group, same durability as
+#   bluetick-disk. Not in the default SERVERS list.
 #
 # - redis: Redis Streams (a stream per pair, read through a consumer group,
 #   XACK after each read), append-only file with fsync every second: an
@@ -171,18 +174,20 @@ EOF
                 -a 127.0.0.1 -p "$NATS_PORT"
             target_args=(--target nats --server "127.0.0.1:$NATS_PORT")
             ;;
-        bluetick-disk | bluetick-tmpfs)
+        bluetick-disk | bluetick-tmpfs | bluetick-log)
             if [ "$1" = bluetick-tmpfs ]; then
                 fresh_dir /dev/shm/bench-net-bluetick.XXXX
             else
                 fresh_dir "$OUT/bluetick-data.XXXX"
             fi
+            local store=redb
+            [ "$1" = bluetick-log ] && store=log
             launch "$BLUETICK_PORT" target/release/bluetick serve --listen "127.0.0.1:$BLUETICK_PORT" \
-                --data "$dir" --max-frames-per-second "$MAX_FRAMES_PER_SECOND"
-            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm
+                --data "$dir" --store "$store" --max-frames-per-second "$MAX_FRAMES_PER_SECOND"
+            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm --inline-saves
                 --server-frames-per-second "$MAX_FRAMES_PER_SECOND")
             ;;
-        *) die "unknown server $1 (mosquitto, redis, nats, bluetick-disk, bluetick-tmpfs)" ;;
+        *) die "unknown server $1 (mosquitto, redis, nats, bluetick-disk, bluetick-tmpfs, bluetick-log)" ;;
     esac
 }
 

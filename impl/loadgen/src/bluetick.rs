@@ -68,14 +68,16 @@ pub struct Bluetick {
     shared: Arc<Shared>,
     url: String,
     state_dir: PathBuf,
+    inline_saves: bool,
     receivers: Mutex<BTreeMap<usize, Slot>>,
 }
 
 impl Bluetick {
-    /// A driver saving client state under `state_dir`.
-    pub fn new(shared: Arc<Shared>, state_dir: PathBuf) -> Bluetick {
+    /// A driver saving client state under `state_dir`, on the runtime's
+    /// thread if `inline_saves` (see [`ClientOptions::inline_saves`]).
+    pub fn new(shared: Arc<Shared>, state_dir: PathBuf, inline_saves: bool) -> Bluetick {
         let url = shared.plan.server.clone();
-        Bluetick { shared, url, state_dir, receivers: Mutex::new(BTreeMap::new()) }
+        Bluetick { shared, url, state_dir, inline_saves, receivers: Mutex::new(BTreeMap::new()) }
     }
 
     fn user(&self, role: Role, pair: usize) -> Result<UserId, String> {
@@ -109,6 +111,7 @@ impl Bluetick {
         let options = ClientOptions {
             backoff_min: BACKOFF_MIN,
             backoff_max: BACKOFF_MAX,
+            inline_saves: self.inline_saves,
             ..ClientOptions::new(self.url.clone(), self.state_dir.join(format!("{name}.state")))
         };
         let jitter = ChaCha20Rng::seed_from_u64(self.seed(role, pair) ^ 0x6a69_7474_6572);

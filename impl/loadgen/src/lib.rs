@@ -142,6 +142,13 @@ pub struct LoadgenArgs {
     /// such as /dev/shm keeps the load generator's disk out of the numbers.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// bluetick only: the clients write their saves on the load
+    /// generator's own thread instead of a blocking pool. Only with
+    /// `--state-dir` on a memory filesystem (/dev/shm): each save then
+    /// costs a write, not two thread switches; on a disk every client
+    /// would wait for each other's fsyncs.
+    #[arg(long)]
+    pub inline_saves: bool,
     /// Print the report as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -608,7 +615,7 @@ pub async fn run(args: &LoadgenArgs, progress: &(dyn Fn(Progress) + Send + Sync)
             match plan.target {
                 Target::Bluetick => {
                     let (dir, _guard) = state_dir(args)?;
-                    let driver = Arc::new(bluetick::Bluetick::new(Arc::clone(&shared), dir));
+                    let driver = Arc::new(bluetick::Bluetick::new(Arc::clone(&shared), dir, args.inline_saves));
                     engine::drive(driver, Arc::clone(&shared), on_phase).await.map_err(LoadgenError::Setup)
                 }
                 Target::Mqtt => {

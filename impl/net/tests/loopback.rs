@@ -63,6 +63,11 @@ fn user(name: &str) -> UserId {
 /// Starts `name`'s client saving under `dir`: restored if a save exists, new
 /// (seeded by `seed`) otherwise.
 fn start_client(server: &TestServer, dir: &Path, name: &str, seed: u64) -> ClientHandle {
+    start_client_saving(server, dir, name, seed, false)
+}
+
+/// [`start_client`], writing saves on the runtime's thread if `inline`.
+fn start_client_saving(server: &TestServer, dir: &Path, name: &str, seed: u64, inline: bool) -> ClientHandle {
     let path = dir.join(format!("{name}.state"));
     let config = ClientConfig { resend_after_ms: 1_000, ..ClientConfig::new(user(name), PRIMARY_DEVICE) };
     let client = if path.exists() {
@@ -73,6 +78,7 @@ fn start_client(server: &TestServer, dir: &Path, name: &str, seed: u64) -> Clien
     let options = ClientOptions {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        inline_saves: inline,
         ..ClientOptions::new(server.url.clone(), path)
     };
     run_client(client, options, ChaCha20Rng::seed_from_u64(seed))
@@ -478,12 +484,24 @@ async fn a_killed_client_restarts_from_its_save_and_gets_what_was_sent_meanwhile
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_client_restores_the_changes_it_logged_after_its_last_full_save() {
+    restores_logged_changes(false).await;
+}
+
+/// The same with saves written on the runtime's own thread (the load
+/// generator's `--inline-saves`), on a single-threaded runtime as the load
+/// generator runs on one core.
+#[tokio::test]
+async fn inline_saves_restore_the_same_after_a_kill() {
+    restores_logged_changes(true).await;
+}
+
+async fn restores_logged_changes(inline: bool) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start().await;
         let (alice_id, bob_id) = (user("alice"), user("bob"));
-        let mut alice = start_client(&server, dir.path(), "alice", 1);
-        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let mut alice = start_client_saving(&server, dir.path(), "alice", 1, inline);
+        let mut bob = start_client_saving(&server, dir.path(), "bob", 2, inline);
         let (mut alice_seen, mut bob_seen) = (Vec::new(), Vec::new());
         wait_for(&mut alice, &mut alice_seen, is_online).await;
         wait_for(&mut bob, &mut bob_seen, is_online).await;
@@ -498,7 +516,7 @@ async fn a_killed_client_restores_the_changes_it_logged_after_its_last_full_save
         let _ = bob.shutdown().await;
 
         let second = alice.send_text(bob_id, b"second".to_vec()).await.unwrap().unwrap();
-        let mut bob = start_client(&server, dir.path(), "bob", 99);
+        let mut bob = start_client_saving(&server, dir.path(), "bob", 99, inline);
         let mut bob_seen = Vec::new();
         // The second message continues the ratchet of the first: it opens
         // only with the session the log restored.
