@@ -720,30 +720,27 @@ impl<S: crate::transport::Stream> Link<S> {
 
     /// Sends one encoded frame; `Err` names why the connection is unusable.
     async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Binary(bytes.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("send failed: {e}")),
-            Err(_) => Err("send timed out".into()),
-        }
+        written(tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Binary(bytes.into()))).await)
     }
 
     /// Queues one encoded frame for the next [`Link::flush`] (the sink
     /// writes early only when its buffer fills).
     async fn feed(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(Message::Binary(bytes.into()))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("send failed: {e}")),
-            Err(_) => Err("send timed out".into()),
-        }
+        written(tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(Message::Binary(bytes.into()))).await)
     }
 
     /// Writes out every frame fed since the last flush.
     async fn flush(&mut self) -> Result<(), String> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("send failed: {e}")),
-            Err(_) => Err("send timed out".into()),
-        }
+        written(tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await)
+    }
+}
+
+/// A write's outcome as [`Link`]'s methods report it.
+fn written<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), String> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send failed: {e}")),
+        Err(_) => Err("send timed out".into()),
     }
 }
 
