@@ -1,5 +1,5 @@
-//! [`LogStore`]: the server's store as one append-only log file, with the
-//! tables indexed in memory.
+//! [`LogStore`]: the server's store as an append-only log in segment files,
+//! with the tables indexed in memory.
 //!
 //! # Why a log
 //! The server keeps its state in memory and writes the store only so that a
@@ -8,33 +8,40 @@
 //! TTL later). redb pays for that with a copy-on-write B-tree: in a loopback
 //! drain of queued messages, half of the server's CPU went to redb's page
 //! copies, checksums and commits. Here a batch is one record appended to the
-//! file and one `fsync`; a delete is a few bytes. The index (key → where its
-//! value sits in the file) lives in memory, so reads cost one positioned
-//! read, and [`Store::scan`] is a walk of the index.
+//! log and one `fdatasync`; a delete is a few bytes. The index (key → where
+//! its value sits) lives in memory, so a read is one positioned read and
+//! [`Store::scan`] a walk of the index.
 //!
 //! # Format
-//! The file starts with [`MAGIC`]. Each [`Store::apply`] appends one record:
-//! the payload's length (`u32`, little-endian), its CRC-32 (`u32`), then the
-//! payload, the batch's ops in order, each `tag (0 put, 1 delete) · table ·
-//! key length (u32) · key · [value length (u32) · value]`.
+//! The store is a directory: a `LOCK` file and segments
+//! `seg-00000001.log`, `seg-00000002.log`, … Each segment starts with
+//! [`MAGIC`] and holds records; each [`Store::apply`] appends one record to
+//! the newest segment: the payload's length (`u32`, little-endian), its
+//! CRC-32 (`u32`), then the payload, the batch's ops in order, each
+//! `tag (0 put, 1 delete) · table · key length (u32) · key · [value length
+//! (u32) · value]`. Segments replay in order.
 //!
 //! # Crash safety
 //! A batch is acknowledged only after its record is written and synced, so
 //! a crash can tear only the record being appended, which was never
-//! acknowledged. Opening replays the records; a torn last record (short, or
-//! failing its checksum with nothing after it) is cut off. A record that
-//! fails its checksum with more records after it is corruption, not a
-//! crash: the store refuses to open ([`StoreError::Unreadable`]) rather than
-//! silently drop acknowledged writes. After an I/O error the store refuses
-//! further writes until it is reopened, since what reached the disk is
-//! unknown until the log is read again.
+//! acknowledged. Opening cuts off a torn last record of the newest segment
+//! (short, or failing its checksum with nothing after it). A bad record
+//! anywhere else is damage, not a crash: the store refuses to open
+//! ([`StoreError::Unreadable`]) rather than silently drop acknowledged
+//! writes. After an I/O error it refuses further writes until reopened,
+//! since what reached the disk is unknown until the log is read again.
 //!
 //! # Compaction
-//! Overwritten and deleted values stay in the file until it is more than
-//! [`COMPACT_RATIO`] times what is live (and at least
-//! [`COMPACT_MIN_BYTES`]); then the live entries are written to a new file,
-//! synced, and renamed over the old one, so a crash leaves one whole log or
-//! the other. That apply takes as long as writing the live data once.
+//! A segment is closed at [`SEGMENT_BYTES`]. While the segments hold more
+//! than [`COMPACT_RATIO`] times the live data (and at least
+//! [`COMPACT_MIN_BYTES`]), each apply also compacts the *oldest* segment:
+//! its live entries are appended to the newest one as one more record,
+//! synced, and then its file is deleted. Oldest first is what makes dropping
+//! its deletes safe (no older segment holds a put they could revive), and a
+//! crash between the copy and the deletion replays the same values twice.
+//! A compaction stalls one commit for one segment's live data, not the
+//! whole store's: an earlier version rewrote everything live at once and
+//! held commits for ~0.2 s at peak load.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,24 +51,25 @@ use std::path::{Path, PathBuf};
 
 use super::{BatchOp, Row, Store, StoreError, Table, TableStats, WriteBatch};
 
-/// The first bytes of a log file (format version 1).
+/// The first bytes of every segment (format version 1).
 pub const MAGIC: [u8; 8] = *b"BTLOG\0\0\x01";
 
 /// A record's header: payload length and CRC-32.
 const RECORD_HEADER: u64 = 8;
 
-/// Compaction starts when the file exceeds this many times the live bytes.
-pub const COMPACT_RATIO: u64 = 4;
+/// A segment is closed once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
 
-/// No compaction below this file size: rewriting a small log saves nothing.
-pub const COMPACT_MIN_BYTES: u64 = 64 << 20;
+/// Compaction runs while the segments exceed this many times the live bytes.
+pub const COMPACT_RATIO: u64 = 2;
 
-/// Payload bytes per record when compaction rewrites the live entries.
-const COMPACT_RECORD_BYTES: usize = 1 << 20;
+/// No compaction while the segments hold less than this.
+pub const COMPACT_MIN_BYTES: u64 = 32 << 20;
 
-/// Where a value sits in the file.
+/// Where a value sits: segment, offset in it, length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loc {
+    seg: u32,
     offset: u64,
     len: u32,
 }
@@ -72,20 +80,31 @@ fn entry_cost(key: &[u8], loc: Loc) -> u64 {
     key.len() as u64 + u64::from(loc.len) + 10
 }
 
-/// A [`Store`] in one append-only file (see the module docs).
-pub struct LogStore {
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
     file: File,
-    path: PathBuf,
-    /// Length of the valid log: where the next record goes.
-    end: u64,
-    index: [BTreeMap<Vec<u8>, Loc>; Table::ALL.len()],
-    /// Sum of [`entry_cost`] over the index.
+    /// Valid bytes: where the next record goes.
+    len: u64,
+    /// Sum of [`entry_cost`] of the index entries that point here.
     live: u64,
+}
+
+type Index = [BTreeMap<Vec<u8>, Loc>; Table::ALL.len()];
+
+/// Where a segment's valid records end, and their ops in order.
+type ReadRecords = (u64, Vec<(Table, Vec<u8>, Option<Loc>)>);
+
+/// A [`Store`] in a directory of append-only segments (see the module docs).
+pub struct LogStore {
+    dir: PathBuf,
+    /// Held (locked) while the store is open.
+    _lock: File,
+    segments: BTreeMap<u32, Segment>,
+    index: Index,
     /// Set by an I/O error in `apply`: writes are refused until reopened.
     poisoned: bool,
-    /// The file size from which compaction is tried (raised after a failed try).
-    compact_floor: u64,
-    /// No compaction below this size ([`COMPACT_MIN_BYTES`] but in tests).
+    segment_bytes: u64,
     compact_min: u64,
     /// The record being written, kept to reuse its allocation.
     scratch: Vec<u8>,
@@ -93,7 +112,10 @@ pub struct LogStore {
 
 impl fmt::Debug for LogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogStore").field("path", &self.path).field("end", &self.end).finish_non_exhaustive()
+        f.debug_struct("LogStore")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,6 +125,14 @@ fn table_index(t: Table) -> usize {
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io { path: path.to_path_buf(), message: e.to_string() }
+}
+
+fn segment_name(id: u32) -> String {
+    format!("seg-{id:08}.log")
+}
+
+fn segment_id(name: &str) -> Option<u32> {
+    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
 }
 
 /// Appends one op to a record payload; returns where in the payload a put's
@@ -167,129 +197,224 @@ fn decode_ops(payload: &[u8]) -> Result<Vec<DecodedOp<'_>>, String> {
     Ok(ops)
 }
 
+/// Points `key` at `loc` (or at nothing), keeping the segments' live counts.
+fn set(index: &mut Index, segments: &mut BTreeMap<u32, Segment>, table: Table, key: &[u8], loc: Option<Loc>) {
+    let map = &mut index[table_index(table)];
+    let old = match loc {
+        Some(loc) => {
+            if let Some(seg) = segments.get_mut(&loc.seg) {
+                seg.live += entry_cost(key, loc);
+            }
+            match map.get_mut(key) {
+                Some(slot) => Some(std::mem::replace(slot, loc)),
+                None => {
+                    map.insert(key.to_vec(), loc);
+                    None
+                }
+            }
+        }
+        None => map.remove(key),
+    };
+    if let Some(old) = old {
+        if let Some(seg) = segments.get_mut(&old.seg) {
+            seg.live = seg.live.saturating_sub(entry_cost(key, old));
+        }
+    }
+}
+
 impl LogStore {
-    /// Opens the log at `path`, creating the file (not its directory) if it
-    /// does not exist, and replays it. [`StoreError::Locked`] if another
+    /// Opens the store in directory `dir`, creating it (not its parent) if
+    /// it does not exist, and replays it. [`StoreError::Locked`] if another
     /// handle has it open, [`StoreError::Unreadable`] if it is not a log of
     /// this format or is damaged other than by a torn last write (which is
     /// cut off).
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let open_err = |e: std::io::Error| StoreError::Open { path: path.clone(), message: e.to_string() };
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(open_err)?;
-        match file.try_lock() {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_sized(dir.as_ref(), SEGMENT_BYTES, COMPACT_MIN_BYTES)
+    }
+
+    fn open_sized(dir: &Path, segment_bytes: u64, compact_min: u64) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        let open_err = |e: std::io::Error| StoreError::Open { path: dir.clone(), message: e.to_string() };
+        match std::fs::metadata(&dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::Unreadable {
+                    path: dir.clone(),
+                    message: "not a log store directory (a file is in its place)".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(open_err)?;
+                sync_parent(&dir).map_err(open_err)?;
+            }
+            Err(e) => return Err(open_err(e)),
+        }
+        let lock =
+            OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("LOCK")).map_err(open_err)?;
+        match lock.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path: dir }),
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
-        let len = file.metadata().map_err(open_err)?.len();
+        let mut ids: Vec<u32> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(open_err)? {
+            let entry = entry.map_err(open_err)?;
+            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
         let mut store = LogStore {
-            file,
-            path: path.clone(),
-            end: 0,
+            dir,
+            _lock: lock,
+            segments: BTreeMap::new(),
             index: Default::default(),
-            live: 0,
             poisoned: false,
-            compact_floor: COMPACT_MIN_BYTES,
-            compact_min: COMPACT_MIN_BYTES,
+            segment_bytes,
+            compact_min,
             scratch: Vec::new(),
         };
-        if len == 0 {
-            store.file.write_all(&MAGIC).map_err(open_err)?;
-            store.file.sync_all().map_err(open_err)?;
-            sync_dir(&path).map_err(open_err)?;
-            store.end = MAGIC.len() as u64;
-        } else {
-            store.replay(len)?;
+        let last = ids.last().copied();
+        for id in ids {
+            store.replay(id, Some(id) == last)?;
+        }
+        if store.segments.is_empty() {
+            store.new_segment(1).map_err(|e| io_error(&store.dir, e))?;
         }
         Ok(store)
     }
 
-    fn unreadable(&self, message: impl Into<String>) -> StoreError {
-        StoreError::Unreadable { path: self.path.clone(), message: message.into() }
+    fn unreadable(&self, id: u32, message: impl Into<String>) -> StoreError {
+        StoreError::Unreadable { path: self.dir.join(segment_name(id)), message: message.into() }
     }
 
-    /// Rebuilds the index from the file, cutting off a torn last record.
-    fn replay(&mut self, len: u64) -> Result<(), StoreError> {
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
+    /// Creates segment `id` with its header, durably.
+    fn new_segment(&mut self, id: u32) -> std::io::Result<()> {
+        let path = self.dir.join(segment_name(id));
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        file.write_all(&MAGIC)?;
+        file.sync_all()?;
+        sync_parent(&path)?;
+        self.segments.insert(id, Segment { file, len: MAGIC.len() as u64, live: 0 });
+        Ok(())
+    }
+
+    /// Replays segment `id` into the index; in the newest segment (`last`)
+    /// a torn final record is cut off.
+    fn replay(&mut self, id: u32, last: bool) -> Result<(), StoreError> {
+        let path = self.dir.join(segment_name(id));
+        let io = |e: std::io::Error| io_error(&path, e);
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if last && len < MAGIC.len() as u64 {
+            // Created, but its header never fully reached the disk: empty.
+            drop(file);
+            return self.new_segment(id).map_err(io);
+        }
+        let (end, ops) = self.read_records(&file, id, len, last)?;
+        if end < len {
+            // The tail was being appended when the process stopped: never
+            // acknowledged, so it goes.
+            file.set_len(end).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        self.segments.insert(id, Segment { file, len: end, live: 0 });
+        for (table, key, loc) in ops {
+            set(&mut self.index, &mut self.segments, table, &key, loc);
+        }
+        Ok(())
+    }
+
+    /// Segment `id`'s ops in order, and where its valid records end.
+    fn read_records(&self, file: &File, id: u32, len: u64, last: bool) -> Result<ReadRecords, StoreError> {
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
         if reader.read_exact(&mut magic).is_err() || magic != MAGIC {
-            return Err(self.unreadable("not a bluetick log (wrong or missing header)"));
+            return Err(self.unreadable(id, "not a bluetick log segment (wrong or missing header)"));
         }
         let mut at = MAGIC.len() as u64;
         let mut payload = Vec::new();
-        let mut index: [BTreeMap<Vec<u8>, Loc>; Table::ALL.len()] = Default::default();
-        let mut live = 0u64;
-        let torn = loop {
-            if at == len {
-                break false;
+        let mut ops: Vec<(Table, Vec<u8>, Option<Loc>)> = Vec::new();
+        let torn = |at: u64, what: &str| {
+            if last {
+                Ok(())
+            } else {
+                Err(self.unreadable(id, format!("{what} at byte {at} of a segment that is not the newest")))
             }
+        };
+        while at < len {
             let mut header = [0u8; 8];
             if len - at < RECORD_HEADER || reader.read_exact(&mut header).is_err() {
-                break true;
+                torn(at, "a record cut short")?;
+                break;
             }
             let payload_len = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
             let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             let record_end = at + RECORD_HEADER + payload_len;
             if record_end > len {
-                break true;
+                torn(at, "a record cut short")?;
+                break;
             }
             payload.resize(payload_len as usize, 0);
             if reader.read_exact(&mut payload).is_err() {
-                break true;
+                torn(at, "a record cut short")?;
+                break;
             }
             if crc32fast::hash(&payload) != crc {
                 if record_end == len {
-                    break true;
+                    torn(at, "a record failing its checksum")?;
+                    break;
                 }
-                return Err(self.unreadable(format!(
-                    "record at byte {at} fails its checksum and is not the last one: the file is damaged"
-                )));
+                return Err(self.unreadable(
+                    id,
+                    format!("record at byte {at} fails its checksum and is not the last one: the log is damaged"),
+                ));
             }
-            let ops = decode_ops(&payload)
-                .map_err(|e| self.unreadable(format!("record at byte {at} does not parse: {e}")))?;
+            let decoded = decode_ops(&payload)
+                .map_err(|e| self.unreadable(id, format!("record at byte {at} does not parse: {e}")))?;
             let base = at + RECORD_HEADER;
-            for (table, key, value) in ops {
-                let map = &mut index[table_index(table)];
-                if let Some(old) = map.remove(key) {
-                    live -= entry_cost(key, old);
-                }
-                if let Some((start, len)) = value {
-                    let loc = Loc { offset: base + start as u64, len };
-                    live += entry_cost(key, loc);
-                    map.insert(key.to_vec(), loc);
-                }
+            for (table, key, value) in decoded {
+                let loc = value.map(|(start, len)| Loc { seg: id, offset: base + start as u64, len });
+                ops.push((table, key.to_vec(), loc));
             }
             at = record_end;
-        };
-        drop(reader);
-        if torn {
-            // The tail was being appended when the process stopped: never
-            // acknowledged, so it goes.
-            self.file.set_len(at).map_err(|e| io_error(&self.path, e))?;
-            self.file.sync_all().map_err(|e| io_error(&self.path, e))?;
         }
-        self.index = index;
-        self.live = live;
-        self.end = at;
-        Ok(())
+        Ok((at, ops))
     }
 
     fn read_at(&self, loc: Loc) -> Result<Vec<u8>, StoreError> {
+        let path = || self.dir.join(segment_name(loc.seg));
+        let seg = self.segments.get(&loc.seg).ok_or_else(|| StoreError::Corrupt {
+            table: Table::Meta,
+            detail: format!("index points into missing segment {}", loc.seg),
+        })?;
         let mut buf = vec![0u8; loc.len as usize];
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(loc.offset)).map_err(|e| io_error(&self.path, e))?;
-        f.read_exact(&mut buf).map_err(|e| io_error(&self.path, e))?;
+        let mut f = &seg.file;
+        f.seek(SeekFrom::Start(loc.offset)).map_err(|e| io_error(&path(), e))?;
+        f.read_exact(&mut buf).map_err(|e| io_error(&path(), e))?;
         Ok(buf)
     }
 
-    /// Bytes of the log file, header included (for tests and reports).
-    pub fn file_len(&self) -> u64 {
-        self.end
+    /// Bytes in all segments, headers included (for tests and reports).
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
     }
 
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn live_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.live).sum()
+    }
+
+    /// Appends `batch` as one record to the newest segment and syncs it.
     fn append(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let Some((&id, _)) = self.segments.last_key_value() else {
+            return Err(io_error(&self.dir, std::io::Error::other("no segment")));
+        };
+        let path = self.dir.join(segment_name(id));
         let mut record = std::mem::take(&mut self.scratch);
         record.clear();
         record.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
@@ -301,104 +426,91 @@ impl LogStore {
         let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
         record[..4].copy_from_slice(&len.to_le_bytes());
         record[4..8].copy_from_slice(&crc.to_le_bytes());
+        let Some(seg) = self.segments.get_mut(&id) else {
+            return Err(io_error(&path, std::io::Error::other("no segment")));
+        };
+        let base = seg.len;
         let written = (|| {
-            self.file.seek(SeekFrom::Start(self.end))?;
-            self.file.write_all(&record)?;
-            self.file.sync_data()
+            seg.file.seek(SeekFrom::Start(base))?;
+            seg.file.write_all(&record)?;
+            seg.file.sync_data()
         })();
         let record_len = record.len() as u64;
         self.scratch = record;
         if let Err(e) = written {
             self.poisoned = true;
-            return Err(io_error(&self.path, e));
+            return Err(io_error(&path, e));
         }
-        let base = self.end;
+        seg.len += record_len;
         for (op, at) in batch.ops().iter().zip(value_at) {
-            let map = &mut self.index[table_index(op.table())];
-            if let Some(old) = map.remove(op.key()) {
-                self.live -= entry_cost(op.key(), old);
-            }
-            if let (BatchOp::Put { key, value, .. }, Some(at)) = (op, at) {
-                let loc = Loc { offset: base + at as u64, len: value.len() as u32 };
-                self.live += entry_cost(key, loc);
-                map.insert(key.clone(), loc);
-            }
+            let loc = match (op, at) {
+                (BatchOp::Put { value, .. }, Some(at)) => {
+                    Some(Loc { seg: id, offset: base + at as u64, len: value.len() as u32 })
+                }
+                _ => None,
+            };
+            set(&mut self.index, &mut self.segments, op.table(), op.key(), loc);
         }
-        self.end += record_len;
         Ok(())
     }
 
-    /// Rewrites the live entries into a fresh file that replaces this one.
-    fn compact(&mut self) -> Result<(), StoreError> {
-        let tmp = self.path.with_extension("compacting");
-        let err = |e: std::io::Error| io_error(&tmp, e);
-        // Read and write: it becomes the store's file, which `get` reads.
-        let mut out = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(err)?;
-        out.write_all(&MAGIC).map_err(err)?;
-        let mut end = MAGIC.len() as u64;
-        let mut index: [BTreeMap<Vec<u8>, Loc>; Table::ALL.len()] = Default::default();
-        let mut record: Vec<u8> = Vec::with_capacity(COMPACT_RECORD_BYTES + 4096);
-        // (table, key, position of the value in `record`)
-        let mut pending: Vec<(usize, Vec<u8>, usize, u32)> = Vec::new();
-        let mut flush = |record: &mut Vec<u8>,
-                         pending: &mut Vec<(usize, Vec<u8>, usize, u32)>,
-                         end: &mut u64,
-                         index: &mut [BTreeMap<Vec<u8>, Loc>; Table::ALL.len()]|
-         -> std::io::Result<()> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let mut header = [0u8; 8];
-            header[..4].copy_from_slice(&(record.len() as u32).to_le_bytes());
-            header[4..].copy_from_slice(&crc32fast::hash(record).to_le_bytes());
-            out.write_all(&header)?;
-            out.write_all(record)?;
-            let base = *end + RECORD_HEADER;
-            for (t, key, at, len) in pending.drain(..) {
-                index[t].insert(key, Loc { offset: base + at as u64, len });
-            }
-            *end = base + record.len() as u64;
-            record.clear();
-            Ok(())
-        };
-        // In file order, so the old log is read front to back in large
-        // reads instead of one seek and read per value.
-        let mut live: Vec<(Loc, usize, &Vec<u8>)> =
-            self.index.iter().enumerate().flat_map(|(t, map)| map.iter().map(move |(k, loc)| (*loc, t, k))).collect();
-        live.sort_unstable_by_key(|(loc, ..)| loc.offset);
-        let old_err = |e: std::io::Error| io_error(&self.path, e);
-        let mut old = &self.file;
-        old.seek(SeekFrom::Start(0)).map_err(old_err)?;
-        let mut reader = BufReader::with_capacity(1 << 20, old);
-        let mut pos = 0u64;
-        for (loc, t, key) in live {
-            let skip = i64::try_from(loc.offset - pos).map_err(|e| old_err(std::io::Error::other(e)))?;
-            reader.seek_relative(skip).map_err(old_err)?;
-            let mut value = vec![0u8; loc.len as usize];
-            reader.read_exact(&mut value).map_err(old_err)?;
-            pos = loc.offset + u64::from(loc.len);
-            let op = BatchOp::Put { table: Table::ALL[t], key: key.clone(), value };
-            if let Some(at) = encode_op(&mut record, &op) {
-                pending.push((t, key.clone(), at, loc.len));
-            }
-            if record.len() >= COMPACT_RECORD_BYTES {
-                flush(&mut record, &mut pending, &mut end, &mut index).map_err(err)?;
-            }
+    /// Closes the newest segment if full, then compacts the oldest while
+    /// the segments hold too much dead data.
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        let Some((&newest, seg)) = self.segments.last_key_value() else { return Ok(()) };
+        if seg.len >= self.segment_bytes {
+            self.new_segment(newest + 1).map_err(|e| io_error(&self.dir, e))?;
         }
-        flush(&mut record, &mut pending, &mut end, &mut index).map_err(err)?;
-        out.sync_all().map_err(err)?;
-        out.try_lock().map_err(|e| io_error(&tmp, std::io::Error::other(e.to_string())))?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        sync_dir(&self.path).map_err(|e| io_error(&self.path, e))?;
-        self.file = out;
-        self.index = index;
-        self.end = end;
+        let total = self.disk_bytes();
+        if self.segments.len() > 1 && total >= self.compact_min && total > COMPACT_RATIO * self.live_bytes() {
+            self.compact_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Copies the oldest segment's live entries to the newest, then deletes it.
+    fn compact_oldest(&mut self) -> Result<(), StoreError> {
+        let Some((&oldest, _)) = self.segments.first_key_value() else { return Ok(()) };
+        let mut live: Vec<(Loc, Table, Vec<u8>)> = Vec::new();
+        for (t, map) in Table::ALL.iter().zip(&self.index) {
+            live.extend(map.iter().filter(|(_, loc)| loc.seg == oldest).map(|(k, loc)| (*loc, *t, k.clone())));
+        }
+        // In file order: one front-to-back read of the segment.
+        live.sort_unstable_by_key(|(loc, ..)| loc.offset);
+        if !live.is_empty() {
+            let path = self.dir.join(segment_name(oldest));
+            let io = |e: std::io::Error| io_error(&path, e);
+            let mut batch = WriteBatch::new();
+            {
+                let Some(seg) = self.segments.get(&oldest) else { return Ok(()) };
+                let mut f = &seg.file;
+                f.seek(SeekFrom::Start(0)).map_err(io)?;
+                let mut reader = BufReader::with_capacity(1 << 20, f);
+                let mut pos = 0u64;
+                for (loc, table, key) in live {
+                    let skip = i64::try_from(loc.offset - pos).map_err(|e| io(std::io::Error::other(e)))?;
+                    reader.seek_relative(skip).map_err(io)?;
+                    let mut value = vec![0u8; loc.len as usize];
+                    reader.read_exact(&mut value).map_err(io)?;
+                    pos = loc.offset + u64::from(loc.len);
+                    batch.put(table, key, value);
+                }
+            }
+            self.append(&batch)?;
+        }
+        // Its live entries are durable in the newest segment now.
+        if let Some(seg) = self.segments.remove(&oldest) {
+            drop(seg);
+            let path = self.dir.join(segment_name(oldest));
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            sync_parent(&path).map_err(|e| io_error(&path, e))?;
+        }
         Ok(())
     }
 }
 
-/// Makes a file's creation or renaming durable.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+/// Makes a file's creation, renaming or removal durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -418,21 +530,14 @@ impl Store for LogStore {
         }
         if self.poisoned {
             return Err(StoreError::Io {
-                path: self.path.clone(),
+                path: self.dir.clone(),
                 message: "an earlier write failed; reopen the store to recover".into(),
             });
         }
         self.append(&batch)?;
-        if self.end >= self.compact_floor && self.end > COMPACT_RATIO.saturating_mul(self.live) {
-            if self.compact().is_err() {
-                // The batch is durable in the old log, which stays whole;
-                // try again once the file has doubled.
-                let _ = std::fs::remove_file(self.path.with_extension("compacting"));
-                self.compact_floor = self.end.saturating_mul(2);
-            } else {
-                self.compact_floor = self.compact_min.max(self.end.saturating_mul(2));
-            }
-        }
+        // The batch is durable whatever happens next; a failure to rotate or
+        // compact leaves every segment whole, and the next apply tries again.
+        let _ = self.maintain();
         Ok(())
     }
 
@@ -458,20 +563,16 @@ impl Store for LogStore {
 }
 
 #[cfg(test)]
-impl LogStore {
-    /// Compaction from `bytes` on, so tests need not write 64 MiB.
-    fn with_compact_floor(mut self, bytes: u64) -> Self {
-        self.compact_floor = bytes;
-        self.compact_min = bytes;
-        self
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
     use proptest::prelude::*;
+
+    /// Small segments and an early compaction threshold, so tests rotate
+    /// and compact without writing megabytes.
+    fn open_small(dir: &Path) -> LogStore {
+        LogStore::open_sized(dir, 2048, 4096).unwrap()
+    }
 
     fn all(store: &dyn Store) -> Vec<(Table, Vec<Row>)> {
         Table::ALL.iter().map(|&t| (t, store.scan(t).unwrap())).collect()
@@ -491,19 +592,30 @@ mod tests {
         b
     }
 
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(segment_id).is_some())
+            .collect();
+        files.sort();
+        files
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
         /// Whatever the batches, the log holds what an in-memory store
-        /// holds, before and after reopening, with compaction in between.
+        /// holds, before and after reopening, across rotations and
+        /// compactions.
         #[test]
         fn a_log_holds_what_memory_holds_across_reopens(
-            batches in prop::collection::vec(prop::collection::vec((any::<bool>(), 0u8..8, any::<u8>(), any::<u16>()), 0..12), 1..40),
+            batches in prop::collection::vec(prop::collection::vec((any::<bool>(), 0u8..8, any::<u8>(), any::<u16>()), 0..12), 1..60),
             reopen_every in 1usize..10,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.log");
-            let mut log = LogStore::open(&path).unwrap().with_compact_floor(1024);
+            let mut log = open_small(&path);
             let mut mem = MemoryStore::new();
             for (i, ops) in batches.iter().enumerate() {
                 let b = batch(ops);
@@ -511,11 +623,12 @@ mod tests {
                 log.apply(b).unwrap();
                 if i % reopen_every == 0 {
                     drop(log);
-                    log = LogStore::open(&path).unwrap().with_compact_floor(1024);
+                    log = open_small(&path);
                 }
                 prop_assert_eq!(all(&log), all(&mem));
                 prop_assert_eq!(log.stats().unwrap(), mem.stats().unwrap());
             }
+            prop_assert_eq!(segment_files(&path).len(), log.segment_count());
         }
     }
 
@@ -532,22 +645,23 @@ mod tests {
         let mut log = LogStore::open(&path).unwrap();
         put(&mut log, b"a", b"first");
         put(&mut log, b"b", b"second");
-        let good = log.file_len();
+        let good = log.disk_bytes();
         put(&mut log, b"c", b"third, torn");
         drop(log);
-        let full = std::fs::read(&path).unwrap();
+        let [segment] = segment_files(&path).try_into().unwrap();
+        let full = std::fs::read(&segment).unwrap();
         // Every cut inside the last record: its header, its payload.
         for cut in good + 1..full.len() as u64 {
-            std::fs::write(&path, &full[..cut as usize]).unwrap();
+            std::fs::write(&segment, &full[..cut as usize]).unwrap();
             let log = LogStore::open(&path).unwrap();
             assert_eq!(log.get(Table::Mailbox, b"b").unwrap().as_deref(), Some(&b"second"[..]), "cut at {cut}");
             assert_eq!(log.get(Table::Mailbox, b"c").unwrap(), None, "cut at {cut}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "the torn tail is removed");
+            assert_eq!(std::fs::metadata(&segment).unwrap().len(), good, "the torn tail is removed");
         }
         // A complete last record whose bytes were damaged is torn too.
         let mut damaged = full.clone();
         *damaged.last_mut().unwrap() ^= 0xff;
-        std::fs::write(&path, &damaged).unwrap();
+        std::fs::write(&segment, &damaged).unwrap();
         let mut log = LogStore::open(&path).unwrap();
         assert_eq!(log.get(Table::Mailbox, b"c").unwrap(), None);
         // And the log goes on from there.
@@ -559,31 +673,50 @@ mod tests {
     }
 
     #[test]
-    fn damage_before_the_last_record_refuses_to_open() {
+    fn damage_that_a_crash_cannot_explain_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.log");
         let mut log = LogStore::open(&path).unwrap();
         put(&mut log, b"a", b"first");
         put(&mut log, b"b", b"second");
         drop(log);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let [segment] = segment_files(&path).try_into().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
         // The first record's value: acknowledged data, not a torn append.
         let at = bytes.windows(5).position(|w| w == b"first").unwrap();
         bytes[at] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(&segment, &bytes).unwrap();
         match LogStore::open(&path) {
             Err(StoreError::Unreadable { message, .. }) => assert!(message.contains("checksum"), "{message}"),
             other => panic!("expected Unreadable, got {other:?}"),
         }
         // Nothing was cut: the file is as it was.
-        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
+        // A torn end is a crash only in the newest segment.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.log");
+        let mut log = open_small(&path);
+        while log.segment_count() < 2 {
+            put(&mut log, b"k", &[7u8; 500]);
+        }
+        drop(log);
+        let older = segment_files(&path)[0].clone();
+        let len = std::fs::metadata(&older).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&older).unwrap();
+        file.set_len(len - 3).unwrap();
+        assert!(matches!(LogStore::open_sized(&path, 2048, 4096), Err(StoreError::Unreadable { .. })));
     }
 
     #[test]
-    fn a_file_that_is_not_a_log_is_refused_and_a_second_handle_is_locked_out() {
+    fn what_is_not_a_log_is_refused_and_a_second_handle_is_locked_out() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("other.bin");
+        let path = dir.path().join("file-in-the-way");
         std::fs::write(&path, b"SQLite format 3\0 and more").unwrap();
+        assert!(matches!(LogStore::open(&path), Err(StoreError::Unreadable { .. })));
+        let path = dir.path().join("bad-header");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join(segment_name(1)), b"NOTALOG!rest").unwrap();
         assert!(matches!(LogStore::open(&path), Err(StoreError::Unreadable { .. })));
         let path = dir.path().join("s.log");
         let _first = LogStore::open(&path).unwrap();
@@ -593,25 +726,31 @@ mod tests {
     }
 
     #[test]
-    fn overwrites_are_compacted_away_and_survive_reopening() {
+    fn dead_segments_are_compacted_away_and_live_data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.log");
-        let mut log = LogStore::open(&path).unwrap().with_compact_floor(64 << 10);
+        let mut log = open_small(&path);
         let mut b = WriteBatch::new();
         b.put(Table::Keys, b"kept".to_vec(), b"untouched".to_vec());
         log.apply(b).unwrap();
         for i in 0..2_000u32 {
             let mut b = WriteBatch::new();
-            b.put(Table::Mailbox, b"hot".to_vec(), vec![i as u8; 1024]).delete(Table::Bodies, i.to_be_bytes().to_vec());
+            b.put(Table::Mailbox, b"hot".to_vec(), vec![i as u8; 300]).delete(Table::Bodies, i.to_be_bytes().to_vec());
+            // A long-lived row every tenth batch, as accepted ids are.
+            if i % 10 == 0 {
+                b.put(Table::Meta, i.to_be_bytes().to_vec(), vec![1u8; 20]);
+            }
             log.apply(b).unwrap();
         }
-        // 2 MB written; what is live is about 1 KiB.
-        assert!(log.file_len() < 256 << 10, "log is {} bytes", log.file_len());
-        assert!(!path.with_extension("compacting").exists());
+        // 0.6 MB written; what is live is about 7 KB.
+        assert!(log.disk_bytes() < 32 << 10, "{} bytes on disk", log.disk_bytes());
+        assert_eq!(segment_files(&path).len(), log.segment_count());
+        assert!(log.segment_count() <= 16, "{} segments", log.segment_count());
         drop(log);
-        let log = LogStore::open(&path).unwrap();
-        assert_eq!(log.get(Table::Mailbox, b"hot").unwrap(), Some(vec![(1_999u32) as u8; 1024]));
+        let log = open_small(&path);
+        assert_eq!(log.get(Table::Mailbox, b"hot").unwrap(), Some(vec![(1_999u32) as u8; 300]));
         assert_eq!(log.get(Table::Keys, b"kept").unwrap().as_deref(), Some(&b"untouched"[..]));
+        assert_eq!(log.stats().unwrap()[&Table::Meta].entries, 200);
         assert_eq!(log.stats().unwrap()[&Table::Mailbox].entries, 1);
     }
 }
