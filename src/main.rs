@@ -52,9 +52,10 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data: PathBuf,
         /// How the durable state is kept: `redb` (B-trees, one file) or
-        /// `log` (an append-only file indexed in memory: cheaper writes,
-        /// an index entry in memory per stored key). Both fsync every group
-        /// of writes before acknowledging it.
+        /// `log` (append-only segment files in the directory `server.log`,
+        /// indexed in memory: cheaper writes, an index entry in memory per
+        /// stored key). Both fsync every group of writes before
+        /// acknowledging it.
         #[arg(long, value_enum, default_value_t = StoreKind::Redb)]
         store: StoreKind,
         /// Frames one connection may send per second before it is refused
@@ -102,7 +103,7 @@ enum Command {
 enum StoreKind {
     /// `RedbStore`: `server.redb`.
     Redb,
-    /// `LogStore`: `server.log`.
+    /// `LogStore`: the directory `server.log`.
     Log,
 }
 

@@ -15,9 +15,9 @@
 //!   model checker (a "crash" drops the server and rebuilds it from a clone of
 //!   its store), with a fault hook to make writes fail.
 //! - [`RedbStore`]: one redb file on disk, for the real server.
-//! - [`LogStore`]: one append-only log file on disk with an in-memory
-//!   index, for the real server: cheaper writes than redb's B-trees, at the
-//!   cost of an index entry in memory per stored key.
+//! - [`LogStore`]: append-only segment files in a directory with an
+//!   in-memory index, for the real server: cheaper writes than redb's
+//!   B-trees, at the cost of an index entry in memory per stored key.
 //! - [`Staging`]: not a store but a stage in front of one, for group commit:
 //!   many handle calls' batches merged into one durable apply, with reads
 //!   that see the staged writes meanwhile.
