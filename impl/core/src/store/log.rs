@@ -39,9 +39,9 @@
 //! synced, and then its file is deleted. Oldest first is what makes dropping
 //! its deletes safe (no older segment holds a put they could revive), and a
 //! crash between the copy and the deletion replays the same values twice.
-//! A compaction stalls one commit for one segment's live data, not the
-//! whole store's: an earlier version rewrote everything live at once and
-//! held commits for ~0.2 s at peak load.
+//! A compaction stalls one commit for reading one segment and writing what
+//! is live in it, not the whole store: an earlier version rewrote
+//! everything live at once and held commits for ~0.2 s at peak load.
 
 use std::collections::BTreeMap;
 use std::fmt;
