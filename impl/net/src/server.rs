@@ -19,7 +19,9 @@
 //! group size follows the load. The outputs of those calls are held, in
 //! order, until their group is durable, so a server-ack still follows the
 //! durable write of what it acknowledges. By default the commit runs on its
-//! own thread and the loop goes on reading and accepting meanwhile; see
+//! own thread and the loop goes on reading and accepting meanwhile, except
+//! on a current-thread runtime (a simulator, or `bluetick serve` pinned to
+//! one core, see [`crate::runtime`]), where the loop commits inline; see
 //! [`CommitMode`]. A failed commit stops the server with
 //! [`ServeError::Commit`]: nothing the lost writes covered was sent.
 //!
