@@ -2,7 +2,7 @@
 //! saved after it ([`Client::save_incremental`](bluetick_core::client::Client::save_incremental)).
 //!
 //! - `<path>` holds the last full save, replaced atomically
-//!   ([`save_atomically`](crate::client::save_atomically)), as before
+//!   ([`save_atomically`]), as before
 //!   incremental saves existed.
 //! - `<path>.log` starts with the first 8 bytes of SHA-256 of that full save,
 //!   then holds records `[u32 LE length][first 8 bytes of SHA-256 of the

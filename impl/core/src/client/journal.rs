@@ -7,7 +7,7 @@
 //! clients spend 44% of their CPU saving, and a 1,024-member group's sender
 //! re-encode its whole status book for every receipt.
 //!
-//! The collections that grow are [`Table`]s: ordered maps that, once
+//! The collections that grow are `Table`s: ordered maps that, once
 //! journaling is on, remember which keys were inserted, changed or removed.
 //! An incremental save ([`SavedChanges`]) is then the *head* — the state
 //! encoded with every table left empty, which stays small — plus the current

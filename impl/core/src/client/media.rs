@@ -1,6 +1,6 @@
 //! Attachments: encrypted on the device, uploaded as an opaque blob, and
 //! announced by a normal 1:1 message whose end-to-end encrypted content is the
-//! blob's [`MediaPointer`] (blob id, media key, digest, length).
+//! blob's [`MediaPointer`](bluetick_crypto::media::MediaPointer) (blob id, media key, digest, length).
 //!
 //! # Sending
 //! [`Client::send_media`] encrypts the bytes at once (`bluetick-v1`, a fresh
