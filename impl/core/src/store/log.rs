@@ -46,7 +46,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{BatchOp, Row, Store, StoreError, Table, TableStats, WriteBatch};
@@ -197,6 +197,40 @@ fn decode_ops(payload: &[u8]) -> Result<Vec<DecodedOp<'_>>, String> {
     Ok(ops)
 }
 
+/// How a walk over a segment's records ended.
+enum Tail {
+    /// At the end of the bytes.
+    Clean,
+    /// At a record cut short, or failing its checksum with nothing after
+    /// it: what a crash during an append leaves.
+    Torn(&'static str),
+    /// At a record failing its checksum with more bytes after it.
+    Damaged,
+}
+
+/// The records of a segment's bytes, header included: each payload with
+/// where it starts, where the valid records end, and how the walk ended.
+fn records(bytes: &[u8]) -> (Vec<(usize, &[u8])>, usize, Tail) {
+    let mut out = Vec::new();
+    let mut at = MAGIC.len();
+    let tail = loop {
+        if at >= bytes.len() {
+            break Tail::Clean;
+        }
+        let Some(header) = bytes.get(at..at + RECORD_HEADER as usize) else { break Tail::Torn("a record cut short") };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let base = at + RECORD_HEADER as usize;
+        let Some(payload) = bytes.get(base..base + len) else { break Tail::Torn("a record cut short") };
+        if crc32fast::hash(payload) != crc {
+            break if base + len == bytes.len() { Tail::Torn("a record failing its checksum") } else { Tail::Damaged };
+        }
+        out.push((base, payload));
+        at = base + len;
+    };
+    (out, at, tail)
+}
+
 /// Points `key` at `loc` (or at nothing), keeping the segments' live counts.
 fn set(index: &mut Index, segments: &mut BTreeMap<u32, Segment>, table: Table, key: &[u8], loc: Option<Loc>) {
     let map = &mut index[table_index(table)];
@@ -311,7 +345,10 @@ impl LogStore {
             drop(file);
             return self.new_segment(id).map_err(io);
         }
-        let (end, ops) = self.read_records(&file, id, len, last)?;
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes).map_err(io)?;
+        let (end, ops) = self.read_records(&bytes, id, last)?;
+        drop(bytes);
         if end < len {
             // The tail was being appended when the process stopped: never
             // acknowledged, so it goes.
@@ -326,60 +363,35 @@ impl LogStore {
     }
 
     /// Segment `id`'s ops in order, and where its valid records end.
-    fn read_records(&self, file: &File, id: u32, len: u64, last: bool) -> Result<ReadRecords, StoreError> {
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut magic = [0u8; 8];
-        if reader.read_exact(&mut magic).is_err() || magic != MAGIC {
+    fn read_records(&self, bytes: &[u8], id: u32, last: bool) -> Result<ReadRecords, StoreError> {
+        if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
             return Err(self.unreadable(id, "not a bluetick log segment (wrong or missing header)"));
         }
-        let mut at = MAGIC.len() as u64;
-        let mut payload = Vec::new();
-        let mut ops: Vec<(Table, Vec<u8>, Option<Loc>)> = Vec::new();
-        let torn = |at: u64, what: &str| {
-            if last {
-                Ok(())
-            } else {
-                Err(self.unreadable(id, format!("{what} at byte {at} of a segment that is not the newest")))
+        let (records, end, tail) = records(bytes);
+        match tail {
+            Tail::Clean => {}
+            Tail::Torn(_) if last => {}
+            Tail::Torn(what) => {
+                return Err(self.unreadable(id, format!("{what} at byte {end} of a segment that is not the newest")))
             }
-        };
-        while at < len {
-            let mut header = [0u8; 8];
-            if len - at < RECORD_HEADER || reader.read_exact(&mut header).is_err() {
-                torn(at, "a record cut short")?;
-                break;
-            }
-            let payload_len = u64::from(u32::from_le_bytes([header[0], header[1], header[2], header[3]]));
-            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-            let record_end = at + RECORD_HEADER + payload_len;
-            if record_end > len {
-                torn(at, "a record cut short")?;
-                break;
-            }
-            payload.resize(payload_len as usize, 0);
-            if reader.read_exact(&mut payload).is_err() {
-                torn(at, "a record cut short")?;
-                break;
-            }
-            if crc32fast::hash(&payload) != crc {
-                if record_end == len {
-                    torn(at, "a record failing its checksum")?;
-                    break;
-                }
+            Tail::Damaged => {
                 return Err(self.unreadable(
                     id,
-                    format!("record at byte {at} fails its checksum and is not the last one: the log is damaged"),
-                ));
+                    format!("record at byte {end} fails its checksum and is not the last one: the log is damaged"),
+                ))
             }
-            let decoded = decode_ops(&payload)
-                .map_err(|e| self.unreadable(id, format!("record at byte {at} does not parse: {e}")))?;
-            let base = at + RECORD_HEADER;
+        }
+        let mut ops: Vec<(Table, Vec<u8>, Option<Loc>)> = Vec::new();
+        for (base, payload) in records {
+            let decoded = decode_ops(payload).map_err(|e| {
+                self.unreadable(id, format!("record at byte {} does not parse: {e}", base - RECORD_HEADER as usize))
+            })?;
             for (table, key, value) in decoded {
-                let loc = value.map(|(start, len)| Loc { seg: id, offset: base + start as u64, len });
+                let loc = value.map(|(start, len)| Loc { seg: id, offset: (base + start) as u64, len });
                 ops.push((table, key.to_vec(), loc));
             }
-            at = record_end;
         }
-        Ok((at, ops))
+        Ok((end as u64, ops))
     }
 
     fn read_at(&self, loc: Loc) -> Result<Vec<u8>, StoreError> {
@@ -484,12 +496,8 @@ impl LogStore {
         f.seek(SeekFrom::Start(0)).map_err(io)?;
         f.read_exact(&mut bytes).map_err(io)?;
         let mut batch = WriteBatch::new();
-        let mut at = MAGIC.len();
         // Every record was checked when the segment was replayed or written.
-        while let Some(header) = bytes.get(at..at + RECORD_HEADER as usize) {
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let base = at + RECORD_HEADER as usize;
-            let Some(payload) = bytes.get(base..base + len) else { break };
+        for (base, payload) in records(&bytes).0 {
             let ops = decode_ops(payload).map_err(|e| self.unreadable(oldest, e))?;
             for (table, key, value) in ops {
                 let Some((start, len)) = value else { continue };
@@ -499,7 +507,6 @@ impl LogStore {
                     batch.put(table, key.to_vec(), value.to_vec());
                 }
             }
-            at = base + len;
         }
         drop(bytes);
         if !batch.is_empty() {
