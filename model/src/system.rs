@@ -580,6 +580,17 @@ impl Setup {
             || keyed.iter().any(|c| config.checks.contains(&c.name()))
     }
 
+    /// The number (`#n`, which names its body) of the message client `i`'s
+    /// script sends at step `pos`: fixed by the script, not by the order
+    /// the clients' sends interleave in. Numbered in the order they were
+    /// sent, two paths that differ only in which client sent first would
+    /// carry different bodies and never meet again. Warm-up messages come
+    /// first, numbered from 1; numbers of steps that send nothing are skipped.
+    pub fn message_number(&self, i: usize, pos: usize) -> u32 {
+        let before: usize = self.config.scripts.iter().take(i).map(Vec::len).sum();
+        u32::try_from(self.config.warm_up.len() + 1 + before + pos).unwrap_or(u32::MAX)
+    }
+
     /// The user id of account `i`.
     pub fn user(&self, i: usize) -> UserId {
         self.users.get(i).cloned().unwrap_or_else(|| users_fallback(&self.users))
@@ -766,8 +777,8 @@ impl<'s> Exec<'s> {
             ex.connect(i);
         }
         ex.run_quiet(WARM_UP_STEPS_MAX);
-        for &(from, to) in &cfg.warm_up {
-            ex.app_send(from, to);
+        for (k, &(from, to)) in cfg.warm_up.iter().enumerate() {
+            ex.app_send(from, to, k as u32 + 1);
             ex.run_quiet(WARM_UP_STEPS_MAX);
             ex.read(to, Conv::Direct(from as u8));
             ex.run_quiet(WARM_UP_STEPS_MAX);
@@ -1031,8 +1042,9 @@ impl<'s> Exec<'s> {
         if let Some(p) = self.st.script.get_mut(i) {
             *p += 1;
         }
+        let n = self.setup.message_number(i, usize::from(pos));
         match step {
-            AppStep::Send { to } => self.app_send(i, to),
+            AppStep::Send { to } => self.app_send(i, to, n),
             AppStep::CreateGroup { members } => {
                 let members: Vec<UserId> = members.iter().map(|m| self.setup.user(*m)).collect();
                 let mut signed: BTreeSet<u8> = members.iter().filter_map(index_of).collect();
@@ -1051,7 +1063,6 @@ impl<'s> Exec<'s> {
             }
             AppStep::SendGroup { group } => {
                 let Some(&g) = self.st.hist.groups.get(group).map(|(g, _)| g) else { return };
-                let n = self.next_message_number();
                 let body = body_of(self.setup.config.seed, n);
                 self.notes.step(|| format!("{}'s app sends #{n} to group {group}", name(i)));
                 if let Returned::Message(id) = self.app_input(i, AppInput::SendGroup { group: g, body }) {
@@ -1077,12 +1088,7 @@ impl<'s> Exec<'s> {
         }
     }
 
-    fn next_message_number(&mut self) -> u32 {
-        self.st.hist.sent.values().map(|m| m.n).max().unwrap_or(0) + 1
-    }
-
-    fn app_send(&mut self, i: usize, to: usize) {
-        let n = self.next_message_number();
+    fn app_send(&mut self, i: usize, to: usize, n: u32) {
         let body = body_of(self.setup.config.seed, n);
         self.notes.step(|| format!("{}'s app sends #{n} to {}", name(i), name(to)));
         if let Returned::Message(id) = self.app_input(i, AppInput::Send { to: self.setup.user(to), body }) {

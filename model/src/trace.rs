@@ -100,7 +100,7 @@ fn app_step(model: &MessagingModel, s: &MState, i: u8) -> String {
     let Some(step) = model.config().scripts.get(usize::from(i)).and_then(|sc| sc.get(pos)) else {
         return format!("{who}'s app has nothing left to do");
     };
-    let next = s.hist.sent.values().map(|m| m.n).max().unwrap_or(0) + 1;
+    let next = model.setup().message_number(usize::from(i), pos);
     match step {
         AppStep::Send { to } => format!("{who}'s app sends message #{next} to {}", name(*to)),
         AppStep::CreateGroup { members } => {
