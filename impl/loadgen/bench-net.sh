@@ -14,7 +14,11 @@
 # IDLE_CONNECTIONS (10000), SERVER_CORE (0), LOADGEN_CORE (1), OUT (a new
 # directory under target/bench-net), MAX_FRAMES_PER_SECOND (200, the server's
 # default per-connection limit; a load generator's clients each carry many
-# users' traffic, so raise it to measure the server rather than the limit).
+# users' traffic, so raise it to measure the server rather than the limit),
+# CLIENT_SAVES (none: the load generator's bluetick clients keep their state
+# in memory, `--volatile-clients`; tmpfs: each saves a change record to
+# /dev/shm before every frame it sends, as a real device saves to its disk,
+# which at peak made the load generator, not the server, the limit).
 #
 # Servers and their durability when they acknowledge a message:
 # - mosquitto: Debian's defaults (persistence true, autosave every 1800 s):
@@ -57,6 +61,8 @@ OPEN_RATE=${OPEN_RATE:-20000}
 OPEN_RATE_LOW=${OPEN_RATE_LOW:-2000}
 DRAIN_MESSAGES=${DRAIN_MESSAGES:-200000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+CLIENT_SAVES=${CLIENT_SAVES:-none}
+case "$CLIENT_SAVES" in none | tmpfs) ;; *) echo "CLIENT_SAVES is none or tmpfs" >&2; exit 2 ;; esac
 SERVER_CORE=${SERVER_CORE:-0}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
 MAX_FRAMES_PER_SECOND=${MAX_FRAMES_PER_SECOND:-200}
@@ -107,6 +113,7 @@ else
     loadgen=(target/release/examples/loadgen)
 fi
 say "load generator: ${loadgen[*]}"
+say "bluetick load clients' saves: $CLIENT_SAVES (CLIENT_SAVES)"
 
 # --- servers -----------------------------------------------------------------
 server_pid=""
@@ -184,7 +191,9 @@ EOF
             [ "$1" = bluetick-log ] && store=log
             launch "$BLUETICK_PORT" target/release/bluetick serve --listen "127.0.0.1:$BLUETICK_PORT" \
                 --data "$dir" --store "$store" --max-frames-per-second "$MAX_FRAMES_PER_SECOND"
-            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" --state-dir /dev/shm --inline-saves
+            local saves=(--volatile-clients)
+            [ "$CLIENT_SAVES" = tmpfs ] && saves=(--state-dir /dev/shm --inline-saves)
+            target_args=(--target bluetick --server "ws://127.0.0.1:$BLUETICK_PORT/" "${saves[@]}"
                 --server-frames-per-second "$MAX_FRAMES_PER_SECOND")
             ;;
         *) die "unknown server $1 (mosquitto, redis, nats, bluetick-disk, bluetick-tmpfs, bluetick-log)" ;;

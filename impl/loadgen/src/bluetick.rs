@@ -69,15 +69,17 @@ pub struct Bluetick {
     url: String,
     state_dir: PathBuf,
     inline_saves: bool,
+    volatile: bool,
     receivers: Mutex<BTreeMap<usize, Slot>>,
 }
 
 impl Bluetick {
     /// A driver saving client state under `state_dir`, on the runtime's
-    /// thread if `inline_saves` (see [`ClientOptions::inline_saves`]).
-    pub fn new(shared: Arc<Shared>, state_dir: PathBuf, inline_saves: bool) -> Bluetick {
+    /// thread if `inline_saves` (see [`ClientOptions::inline_saves`]), or
+    /// not at all if `volatile` (see [`ClientOptions::volatile`]).
+    pub fn new(shared: Arc<Shared>, state_dir: PathBuf, inline_saves: bool, volatile: bool) -> Bluetick {
         let url = shared.plan.server.clone();
-        Bluetick { shared, url, state_dir, inline_saves, receivers: Mutex::new(BTreeMap::new()) }
+        Bluetick { shared, url, state_dir, inline_saves, volatile, receivers: Mutex::new(BTreeMap::new()) }
     }
 
     fn user(&self, role: Role, pair: usize) -> Result<UserId, String> {
@@ -112,6 +114,7 @@ impl Bluetick {
             backoff_min: BACKOFF_MIN,
             backoff_max: BACKOFF_MAX,
             inline_saves: self.inline_saves,
+            volatile: self.volatile,
             ..ClientOptions::new(self.url.clone(), self.state_dir.join(format!("{name}.state")))
         };
         let jitter = ChaCha20Rng::seed_from_u64(self.seed(role, pair) ^ 0x6a69_7474_6572);

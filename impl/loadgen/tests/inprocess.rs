@@ -111,6 +111,27 @@ async fn offline_receivers_drain_everything_queued_for_them() {
     .expect("test timed out");
 }
 
+/// Volatile clients (`--volatile-clients`, the benchmark's default) keep
+/// every guarantee the report checks, parked offline receivers included.
+/// (That they save nothing is checked in bluetick-net's loopback tests: the
+/// load generator removes its state directory either way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_clients_deliver_everything_exactly_once() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = start_server().await;
+        let state = tempfile::tempdir().unwrap();
+        let extra =
+            ["--volatile-clients", "--clients", "2", "--offline-ratio", "0.5", "--messages", "120", "--duration", "5s"];
+        let r = load(&server, &state, &extra).await.unwrap();
+        assert_consistent(&r);
+        assert_eq!(r.sent, 120);
+        assert!(r.drain.expect("no drain measured").complete, "{r}");
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_reported_with_what_to_start() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -390,6 +390,12 @@ pub struct ClientOptions {
     /// the write. On a disk it would stall every task of the runtime for
     /// each `fsync`.
     pub inline_saves: bool,
+    /// Keep the state in memory only and never save it: the device forgets
+    /// everything if its process dies. Only for a load generator measuring
+    /// a server, whose clients' saves (a change record written before every
+    /// send) would otherwise be what limits the load it offers; never for a
+    /// device a person uses.
+    pub volatile: bool,
 }
 
 impl ClientOptions {
@@ -407,6 +413,7 @@ impl ClientOptions {
             tap: None,
             start_online: true,
             inline_saves: false,
+            volatile: false,
         }
     }
 }
@@ -1168,6 +1175,11 @@ impl<R: RngCore + Send, C: Connector> Driver<R, C> {
     }
 
     async fn save(&mut self) -> Result<(), ClientRunError> {
+        // Without a first save the client's tables never start journaling,
+        // so skipping every save leaves no change log growing either.
+        if self.options.volatile {
+            return Ok(());
+        }
         let full = self.full_len.is_none_or(|len| self.since_full >= len.max(FULL_SAVE_AFTER_BYTES_MIN));
         let save = self.client.save_incremental(full);
         match &save {

@@ -14,6 +14,7 @@ use bluetick_net::client::{
 };
 use bluetick_net::clock::{Clock, SystemClock};
 use bluetick_net::server::{run_server, ServerOptions};
+use bluetick_net::state_file::log_path;
 use futures_util::{SinkExt, StreamExt};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -68,6 +69,18 @@ fn start_client(server: &TestServer, dir: &Path, name: &str, seed: u64) -> Clien
 
 /// [`start_client`], writing saves on the runtime's thread if `inline`.
 fn start_client_saving(server: &TestServer, dir: &Path, name: &str, seed: u64, inline: bool) -> ClientHandle {
+    start_client_with(server, dir, name, seed, inline, false)
+}
+
+/// [`start_client_saving`], or saving nothing if `volatile`.
+fn start_client_with(
+    server: &TestServer,
+    dir: &Path,
+    name: &str,
+    seed: u64,
+    inline: bool,
+    volatile: bool,
+) -> ClientHandle {
     let path = dir.join(format!("{name}.state"));
     let config = ClientConfig { resend_after_ms: 1_000, ..ClientConfig::new(user(name), PRIMARY_DEVICE) };
     let client = if path.exists() {
@@ -79,6 +92,7 @@ fn start_client_saving(server: &TestServer, dir: &Path, name: &str, seed: u64, i
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         inline_saves: inline,
+        volatile,
         ..ClientOptions::new(server.url.clone(), path)
     };
     run_client(client, options, ChaCha20Rng::seed_from_u64(seed))
@@ -162,6 +176,36 @@ async fn text_reaches_the_online_recipient_once_and_ticks_go_delivered_then_read
         let alice_client = alice.shutdown().await.unwrap();
         assert_eq!(alice_client.outbox_len(), 0);
         bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A volatile client (a load generator's) works as any other and writes no
+/// save file, while its peer, saving, does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volatile_client_exchanges_messages_and_writes_no_save() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start().await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let mut bob = start_client(&server, dir.path(), "bob", 2);
+        let mut bob_seen = Vec::new();
+        wait_for(&mut bob, &mut bob_seen, is_online).await;
+        let mut alice = start_client_with(&server, dir.path(), "alice", 1, false, true);
+        let mut alice_seen = Vec::new();
+        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let id = alice.send_text(bob_id.clone(), b"hello bob".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
+        wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Delivered)).await;
+        let back = bob.send_text(alice_id.clone(), b"hi alice".to_vec()).await.unwrap().unwrap();
+        wait_for(&mut alice, &mut alice_seen, |e| message_body(e, &bob_id, back)).await;
+        alice.shutdown().await.unwrap();
+        bob.shutdown().await.unwrap();
+        let alice_path = dir.path().join("alice.state");
+        assert!(!alice_path.exists() && !log_path(&alice_path).exists(), "the volatile client saved");
+        assert!(dir.path().join("bob.state").exists(), "the saving client wrote nothing");
         server.stop().await;
     })
     .await
