@@ -98,6 +98,22 @@ fn start_client_with(
     run_client(client, options, ChaCha20Rng::seed_from_u64(seed))
 }
 
+/// Starts bob, then alice (saving nothing if `alice_volatile`), each once
+/// the one before is online; returns each handle with the events seen.
+async fn bob_then_alice(
+    server: &TestServer,
+    dir: &Path,
+    alice_volatile: bool,
+) -> (ClientHandle, Vec<ClientEvent>, ClientHandle, Vec<ClientEvent>) {
+    let mut bob = start_client(server, dir, "bob", 2);
+    let mut bob_seen = Vec::new();
+    wait_for(&mut bob, &mut bob_seen, is_online).await;
+    let mut alice = start_client_with(server, dir, "alice", 1, false, alice_volatile);
+    let mut alice_seen = Vec::new();
+    wait_for(&mut alice, &mut alice_seen, is_online).await;
+    (bob, bob_seen, alice, alice_seen)
+}
+
 /// Waits for the first event `pick` accepts, returning what it made of it;
 /// every event seen on the way is appended to `seen`.
 async fn wait_for<T>(
@@ -152,12 +168,7 @@ async fn text_reaches_the_online_recipient_once_and_ticks_go_delivered_then_read
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start().await;
         let (alice_id, bob_id) = (user("alice"), user("bob"));
-        let mut bob = start_client(&server, dir.path(), "bob", 2);
-        let mut bob_seen = Vec::new();
-        wait_for(&mut bob, &mut bob_seen, is_online).await;
-        let mut alice = start_client(&server, dir.path(), "alice", 1);
-        let mut alice_seen = Vec::new();
-        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let (mut bob, mut bob_seen, mut alice, mut alice_seen) = bob_then_alice(&server, dir.path(), false).await;
 
         let id = alice.send_text(bob_id.clone(), b"hello bob".to_vec()).await.unwrap().unwrap();
         let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
@@ -190,12 +201,7 @@ async fn a_volatile_client_exchanges_messages_and_writes_no_save() {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start().await;
         let (alice_id, bob_id) = (user("alice"), user("bob"));
-        let mut bob = start_client(&server, dir.path(), "bob", 2);
-        let mut bob_seen = Vec::new();
-        wait_for(&mut bob, &mut bob_seen, is_online).await;
-        let mut alice = start_client_with(&server, dir.path(), "alice", 1, false, true);
-        let mut alice_seen = Vec::new();
-        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let (mut bob, mut bob_seen, mut alice, mut alice_seen) = bob_then_alice(&server, dir.path(), true).await;
         let id = alice.send_text(bob_id.clone(), b"hello bob".to_vec()).await.unwrap().unwrap();
         wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, id)).await;
         wait_for(&mut alice, &mut alice_seen, |e| status(e, id, DeliveryState::Delivered)).await;
@@ -270,12 +276,7 @@ async fn malformed_and_oversize_frames_get_an_error_frame_and_other_users_are_un
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start().await;
         let (alice_id, bob_id) = (user("alice"), user("bob"));
-        let mut bob = start_client(&server, dir.path(), "bob", 2);
-        let mut bob_seen = Vec::new();
-        wait_for(&mut bob, &mut bob_seen, is_online).await;
-        let mut alice = start_client(&server, dir.path(), "alice", 1);
-        let mut alice_seen = Vec::new();
-        wait_for(&mut alice, &mut alice_seen, is_online).await;
+        let (mut bob, mut bob_seen, mut alice, mut alice_seen) = bob_then_alice(&server, dir.path(), false).await;
 
         let (mut raw, _) = tokio_tungstenite::connect_async(server.url.as_str()).await.unwrap();
         raw.send(Message::Binary(vec![0xff; 16].into())).await.unwrap();
