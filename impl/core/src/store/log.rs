@@ -10,7 +10,7 @@
 //! copies, checksums and commits. Here a batch is one record appended to the
 //! log and one `fdatasync`; a delete is a few bytes. The index (key → where
 //! its value sits) lives in memory, so a read is one positioned read and
-//! [`Store::scan`] a walk of the index.
+//! [`Store::scan`] a sorted walk of the index.
 //!
 //! # Format
 //! The store is a directory: a `LOCK` file and segments
