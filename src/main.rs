@@ -176,7 +176,8 @@ fn serve_with<S: bluetick_core::store::Store + Send + 'static>(
     use bluetick_net::server::{run_server, ServerOptions};
 
     let data = db.parent().unwrap_or(db);
-    let runtime = bluetick_net::runtime().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let (runtime, commit) =
+        bluetick_net::server_runtime().map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => {
@@ -199,7 +200,7 @@ fn serve_with<S: bluetick_core::store::Store + Send + 'static>(
             frames_burst_max: max_frames_per_second.saturating_mul(2),
             ..Default::default()
         };
-        let options = ServerOptions::new(core, bluetick_net::entropy::os_seed_u64());
+        let options = ServerOptions { commit, ..ServerOptions::new(core, bluetick_net::entropy::os_seed_u64()) };
         run_server(listener, store, options, shutdown_signal()).await.map_err(|e| match e {
             // The store is intact up to the failed group commit: a restart
             // recovers, so do not send the operator looking for backups.

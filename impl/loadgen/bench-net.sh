@@ -9,8 +9,9 @@
 #
 # Knobs (environment): RUNS (3), DURATION (10s per timed phase), SERVERS
 # (mosquitto redis nats bluetick-tmpfs bluetick-disk), SCENARIOS (peak10 peak100
-# open20k open2k drain200k idle10k), OPEN_RATE (20000), OPEN_RATE_LOW (2000:
-# latency at a load every server carries), DRAIN_MESSAGES (200000),
+# open20k open2k drain200k idle10k both-peak both-open), OPEN_RATE (20000),
+# OPEN_RATE_LOW (2000: latency at a load every server carries), BOTH_PAIRS
+# (500: 1,000 connected clients), BOTH_RATE (15000), DRAIN_MESSAGES (200000),
 # IDLE_CONNECTIONS (10000), SERVER_CORE (0), LOADGEN_CORE (1), OUT (a new
 # directory under target/bench-net), MAX_FRAMES_PER_SECOND (200, the server's
 # default per-connection limit; a load generator's clients each carry many
@@ -49,15 +50,20 @@
 #
 # Fairness: the server runs pinned to SERVER_CORE and the load generator to
 # LOADGEN_CORE (taskset); every run starts a fresh server with empty state;
-# each number is the median of RUNS runs.
+# each number is the median of RUNS runs. The both-* shapes are the issue's
+# "with both cores, 1,000 connected clients" goal: BOTH_PAIRS pairs, server
+# and load generator unpinned, sharing both cores as the OS schedules them
+# (closed loop, and open loop at BOTH_RATE).
 #
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 SERVERS=${SERVERS:-"mosquitto redis nats bluetick-tmpfs bluetick-disk"}
-SCENARIOS=${SCENARIOS:-"peak10 peak100 open20k open2k drain200k idle10k"}
+SCENARIOS=${SCENARIOS:-"peak10 peak100 open20k open2k drain200k idle10k both-peak both-open"}
 OPEN_RATE=${OPEN_RATE:-20000}
+BOTH_PAIRS=${BOTH_PAIRS:-500}
+BOTH_RATE=${BOTH_RATE:-15000}
 OPEN_RATE_LOW=${OPEN_RATE_LOW:-2000}
 DRAIN_MESSAGES=${DRAIN_MESSAGES:-200000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
@@ -139,12 +145,14 @@ fresh_dir() {
     server_dirs+=("$dir")
 }
 
-# launch PORT COMMAND...: runs COMMAND pinned to SERVER_CORE, logging to
-# server.log; sets server_pid and returns once PORT accepts connections.
+# launch PORT COMMAND...: runs COMMAND pinned to SERVER_CORE (every core
+# when $server_cores says so), logging to server.log; sets server_pid and
+# returns once PORT accepts connections.
+server_cores=$SERVER_CORE
 launch() {
     local port=$1
     shift
-    taskset -c "$SERVER_CORE" "$@" >"$OUT/server.log" 2>&1 &
+    taskset -c "$server_cores" "$@" >"$OUT/server.log" 2>&1 &
     server_pid=$!
     wait_port "$port"
 }
@@ -218,6 +226,8 @@ scenario_args() {
         open2k) echo "--clients 100 --rate $OPEN_RATE_LOW --duration $DURATION --drain-timeout 5m" ;;
         drain200k) echo "--clients 100 --offline-ratio 1 --rate 0 --in-flight 100 --messages $DRAIN_MESSAGES --duration 10m --drain-timeout 10m" ;;
         idle10k) echo "--idle --clients $IDLE_CONNECTIONS --duration 5s" ;;
+        both-peak) echo "--clients $BOTH_PAIRS --rate 0 --in-flight 100 --duration $DURATION --drain-timeout 5m" ;;
+        both-open) echo "--clients $BOTH_PAIRS --rate $BOTH_RATE --duration $DURATION --drain-timeout 5m" ;;
         *) die "unknown scenario $1" ;;
     esac
 }
@@ -231,11 +241,16 @@ for server in $SERVERS; do
         # a pull consumer renews its pull requests), so their connections
         # are never idle: not measured.
         [ "$scenario" = idle10k ] && { [ "$server" = redis ] || [ "$server" = nats ]; } && runs=0
+        all_cores="0-$(($(nproc) - 1))"
+        case "$scenario" in
+            both-*) server_cores=$all_cores loadgen_cores=$all_cores ;;
+            *) server_cores=$SERVER_CORE loadgen_cores=$LOADGEN_CORE ;;
+        esac
         for run in $(seq 1 "$runs"); do
             start_server "$server"
             say "$server $scenario run $run/$runs"
             # shellcheck disable=SC2046 # the scenario's flags are words on purpose
-            line=$(taskset -c "$LOADGEN_CORE" "${loadgen[@]}" "${target_args[@]}" $(scenario_args "$scenario") \
+            line=$(taskset -c "$loadgen_cores" "${loadgen[@]}" "${target_args[@]}" $(scenario_args "$scenario") \
                 --size 1024 --seed "$run" --server-pid "$server_pid" --json 2>>"$OUT/loadgen.log") || true
             stop_server
             if [ -z "$line" ]; then
@@ -262,11 +277,12 @@ ms() { if [ "$1" = "-" ]; then echo "-"; else awk -v us="$1" 'BEGIN { printf "%.
 
 {
     echo
-    echo "Median of $RUNS runs; 1 KiB messages; server on core $SERVER_CORE, loadgen on core $LOADGEN_CORE; $(date -u +%Y-%m-%dT%H:%MZ)"
-    printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s\n' server "peak 10 pairs" "peak 100 pairs" \
-        "p99 peak 100" "p99 @ $OPEN_RATE/s" "delivered/s @ $OPEN_RATE" "p99 @ $OPEN_RATE_LOW/s" "drain msgs/s" "idle B/conn"
+    echo "Median of $RUNS runs; 1 KiB messages; server on core $SERVER_CORE, loadgen on core $LOADGEN_CORE (both-*: $BOTH_PAIRS pairs, both unpinned); $(date -u +%Y-%m-%dT%H:%MZ)"
+    printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s | %-13s | %-15s\n' server "peak 10 pairs" "peak 100 pairs" \
+        "p99 peak 100" "p99 @ $OPEN_RATE/s" "delivered/s @ $OPEN_RATE" "p99 @ $OPEN_RATE_LOW/s" "drain msgs/s" "idle B/conn" \
+        "both: peak" "both: p99 @ $BOTH_RATE/s"
     for server in $SERVERS; do
-        printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s\n' "$server" \
+        printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s | %-13s | %-15s\n' "$server" \
             "$(median "$server" peak10 .delivered_per_s)" \
             "$(median "$server" peak100 .delivered_per_s)" \
             "$(ms "$(median "$server" peak100 .latency.p99_us)")" \
@@ -274,7 +290,9 @@ ms() { if [ "$1" = "-" ]; then echo "-"; else awk -v us="$1" 'BEGIN { printf "%.
             "$(median "$server" open20k .delivered_per_s)" \
             "$(ms "$(median "$server" open2k .latency.p99_us)")" \
             "$(median "$server" drain200k .drain.per_s)" \
-            "$(median "$server" idle10k .idle_bytes_per_connection)"
+            "$(median "$server" idle10k .idle_bytes_per_connection)" \
+            "$(median "$server" both-peak .delivered_per_s)" \
+            "$(ms "$(median "$server" both-open .latency.p99_us)")"
     done
     echo
     echo "duplicates / reorders / lost over all runs:"

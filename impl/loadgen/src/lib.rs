@@ -156,6 +156,12 @@ pub struct LoadgenArgs {
     /// of the load generator. The server's durability is unchanged.
     #[arg(long, conflicts_with = "inline_saves")]
     pub volatile_clients: bool,
+    /// Threads the load generator runs its clients on: 0 = one per core it
+    /// may use (a single-threaded runtime on one core), 1 = a single-threaded
+    /// runtime, n = n workers. On a machine it shares with the server, 1
+    /// leaves the server more of the cores and hands nothing between threads.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Print the report as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -760,7 +766,12 @@ pub enum Progress {
 /// the run finished but some did not (or errors occurred), 2 if it could
 /// not run; errors are sentences on stderr, never backtraces.
 pub fn cli_loadgen(args: LoadgenArgs) -> ExitCode {
-    let runtime = match bluetick_net::runtime() {
+    let runtime = match args.threads {
+        0 => bluetick_net::runtime(),
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {}", LoadgenError::Runtime(e));

@@ -72,21 +72,44 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .max_frame_size(Some(WS_MESSAGE_LEN_MAX))
 }
 
-/// The tokio runtime the `bluetick` binary runs the server, the chat
-/// client and the load generator on: a single-threaded one when this
-/// process may use only one core (`taskset`, a cgroup limit), a worker per
-/// core otherwise. With one core, a multi-threaded runtime still runs
-/// `block_on`'s future on the main thread and the tasks on a worker, and
-/// every hand-over between the two is a wake-up and a context switch on the
-/// same core: on one core each, the server and the load generator
-/// drained 200k queued messages at 37.5k msgs/s instead of 30.0k, and p99
-/// at 2,000 msgs/s fell from 4.0–5.0 to 2.5 ms. On this runtime the server
-/// commits inline ([`crate::commit::CommitMode::Auto`]): with redb on disk,
-/// against a committer thread, p99 at 2k/s 2.5 vs 4.0 ms and peak 17.4k vs
-/// 12.6k msgs/s, the drain 23.6k vs 28.5k.
+/// The tokio runtime the `bluetick` binary runs the chat client and the
+/// load generator on: a single-threaded one when this process may use only
+/// one core (`taskset`, a cgroup limit), a worker per core otherwise. With
+/// one core, a multi-threaded runtime still runs `block_on`'s future on the
+/// main thread and the tasks on a worker, and every hand-over between the
+/// two is a wake-up and a context switch on the same core: on one core
+/// each, the server and the load generator drained 200k queued messages at
+/// 37.5k msgs/s instead of 30.0k, and p99 at 2,000 msgs/s fell from 4.0–5.0
+/// to 2.5 ms. The server has its own choice, [`server_runtime`].
 #[cfg(not(loom))]
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    runtime_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    runtime_for(available_cores())
+}
+
+/// The runtime `bluetick serve` runs on and where its group commits go: a
+/// single-threaded runtime always, with the commits on a committer thread
+/// when the process may use more than one core and inline otherwise.
+///
+/// The server loop is one task that owns the core's `Server`; every frame
+/// passes through it. On a multi-threaded runtime the loop runs on the main
+/// thread and the connections' reader and writer tasks on the workers, so
+/// every frame crosses threads twice, each crossing a wake-up of a parked
+/// thread: with 1,000 clients, closed loop, both cores shared with the load
+/// generator, that runtime delivered 14–16k msgs/s with its loop thread at
+/// 100%, the single-threaded one 27–29k, whether it committed inline or on a
+/// thread. Off the loop, what parallelises without that cost is the commit
+/// (redb's inserts and its commit were more than half the server's CPU at
+/// peak), so it gets the second core. On one core it stays inline: with redb
+/// on disk, against a committer thread, p99 at 2k/s 2.5 vs 4.0 ms and peak
+/// 17.4k vs 12.6k msgs/s.
+#[cfg(not(loom))]
+pub fn server_runtime() -> std::io::Result<(tokio::runtime::Runtime, commit::CommitMode)> {
+    server_runtime_for(available_cores())
+}
+
+#[cfg(not(loom))]
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(not(loom))]
@@ -99,6 +122,12 @@ fn runtime_for(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+#[cfg(not(loom))]
+fn server_runtime_for(cores: usize) -> std::io::Result<(tokio::runtime::Runtime, commit::CommitMode)> {
+    let mode = if cores <= 1 { commit::CommitMode::Inline } else { commit::CommitMode::Thread };
+    Ok((tokio::runtime::Builder::new_current_thread().enable_all().build()?, mode))
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use tokio::runtime::RuntimeFlavor;
@@ -109,5 +138,15 @@ mod tests {
         assert_eq!(super::runtime_for(2).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         // Whatever this machine gives, the runtime runs a task.
         assert_eq!(super::runtime().unwrap().block_on(async { tokio::spawn(async { 7 }).await.unwrap() }), 7);
+    }
+
+    #[test]
+    fn the_server_runs_single_threaded_and_commits_on_a_thread_only_with_a_second_core() {
+        use crate::commit::CommitMode;
+        let (one, inline) = super::server_runtime_for(1).unwrap();
+        let (two, threaded) = super::server_runtime_for(2).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(two.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!((inline, threaded), (CommitMode::Inline, CommitMode::Thread));
     }
 }

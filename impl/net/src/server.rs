@@ -18,11 +18,11 @@
 //! open group keeps growing (up to [`GROUP_EVENTS_MAX`] calls), so the
 //! group size follows the load. The outputs of those calls are held, in
 //! order, until their group is durable, so a server-ack still follows the
-//! durable write of what it acknowledges. By default the commit runs on its
-//! own thread and the loop goes on reading and accepting meanwhile, except
-//! on a current-thread runtime (a simulator, or `bluetick serve` pinned to
-//! one core, see [`crate::runtime`]), where the loop commits inline; see
-//! [`CommitMode`]. A failed commit stops the server with
+//! durable write of what it acknowledges. `bluetick serve` runs the loop and
+//! every connection's tasks on one thread and, when it may use a second
+//! core, the commits on a committer thread, so the loop goes on reading and
+//! accepting meanwhile; on one core, and in a simulator, the loop commits
+//! inline (see [`crate::server_runtime`] and [`CommitMode`]). A failed commit stops the server with
 //! [`ServeError::Commit`]: nothing the lost writes covered was sent.
 //!
 //! Each accepted stream gets a *connection task* that performs the WebSocket
@@ -46,8 +46,11 @@
 //! that makes no progress for [`WRITE_TIMEOUT`] closes the connection.
 //!
 //! # Not yet
-//! All users share the one loop (a single owner, no lock). Sharding users over
-//! several loops, each with its own part of the store, is a later step. A
+//! All users share the one loop (a single owner, no lock), so the server
+//! uses at most two cores: the loop's and the committer's. Sharding users
+//! over several loops, each with its own part of the store, is a later step
+//! (a delivery, a receipt, a key fetch and a group send cross users, so
+//! shards would hand frames to each other). A
 //! media download reads the store under the lock the committer holds while
 //! it commits, so it may wait for one commit.
 
