@@ -78,7 +78,7 @@ pub enum MailboxBug {
 }
 
 /// One device's queue of undelivered or unacknowledged items.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mailbox<P> {
     entries: BTreeMap<u64, Entry<P>>,
     by_key: BTreeMap<EntryKey, u64>,
@@ -89,7 +89,30 @@ pub struct Mailbox<P> {
     next_seq: u64,
     depth_max: usize,
     bug: Option<MailboxBug>,
+    /// Every entry below this sequence number is in flight, so
+    /// [`Mailbox::poll_deliveries`] starts looking here: with a full window
+    /// of 64 in flight, each ack used to walk past all of them to find the
+    /// next entry to hand out. A hint derived from the entries, so neither
+    /// saved nor compared; 0 is always correct.
+    #[serde(skip)]
+    scan_from: u64,
 }
+
+impl<P: PartialEq> PartialEq for Mailbox<P> {
+    fn eq(&self, other: &Self) -> bool {
+        // `scan_from` is left out: two mailboxes with the same entries are
+        // the same mailbox however far each has looked.
+        self.entries == other.entries
+            && self.by_key == other.by_key
+            && self.by_expiry == other.by_expiry
+            && self.in_flight == other.in_flight
+            && self.next_seq == other.next_seq
+            && self.depth_max == other.depth_max
+            && self.bug == other.bug
+    }
+}
+
+impl<P: Eq> Eq for Mailbox<P> {}
 
 impl<P: Clone> Default for Mailbox<P> {
     fn default() -> Self {
@@ -109,12 +132,15 @@ impl<P: Clone> Mailbox<P> {
             next_seq: 1,
             depth_max,
             bug: None,
+            scan_from: 0,
         }
     }
 
     /// Switches a deliberate bug on (or off with `None`); see [`MailboxBug`].
     pub fn set_bug(&mut self, bug: Option<MailboxBug>) {
         self.bug = bug;
+        // NewestFirst leaves older entries waiting behind newer ones in flight.
+        self.scan_from = 0;
     }
 
     /// Entries held (delivered-but-unacked ones included).
@@ -170,20 +196,33 @@ impl<P: Clone> Mailbox<P> {
         if room == 0 {
             return out;
         }
-        let entries: Box<dyn Iterator<Item = &mut Entry<P>>> = if self.bug == Some(MailboxBug::NewestFirst) {
-            Box::new(self.entries.values_mut().rev())
+        if self.bug == Some(MailboxBug::NewestFirst) {
+            for entry in self.entries.values_mut().rev() {
+                if out.len() == room {
+                    break;
+                }
+                if entry.in_flight_since_ms.is_none() {
+                    entry.in_flight_since_ms = Some(now_ms);
+                    self.in_flight.insert((now_ms, entry.seq));
+                    out.push(entry.clone());
+                }
+            }
         } else {
-            Box::new(self.entries.values_mut())
-        };
-        for entry in entries {
-            if out.len() == room {
-                break;
+            // Everything before the first entry left unexamined is in flight
+            // once this pass is over.
+            let mut stopped_at = self.next_seq;
+            for (&seq, entry) in self.entries.range_mut(self.scan_from..) {
+                if out.len() == room {
+                    stopped_at = seq;
+                    break;
+                }
+                if entry.in_flight_since_ms.is_none() {
+                    entry.in_flight_since_ms = Some(now_ms);
+                    self.in_flight.insert((now_ms, seq));
+                    out.push(entry.clone());
+                }
             }
-            if entry.in_flight_since_ms.is_none() {
-                entry.in_flight_since_ms = Some(now_ms);
-                self.in_flight.insert((now_ms, entry.seq));
-                out.push(entry.clone());
-            }
+            self.scan_from = stopped_at;
         }
         if self.bug == Some(MailboxBug::DeleteOnSend) {
             for e in &out {
@@ -259,6 +298,7 @@ impl<P: Clone> Mailbox<P> {
     /// The connection went away: everything in flight goes back to undelivered,
     /// to be handed out again (in order) on the next connection.
     pub fn requeue_all(&mut self) {
+        self.scan_from = 0;
         for (_, seq) in std::mem::take(&mut self.in_flight) {
             if let Some(e) = self.entries.get_mut(&seq) {
                 e.in_flight_since_ms = None;
@@ -274,6 +314,7 @@ impl<P: Clone> Mailbox<P> {
         };
         let stale: Vec<(u64, u64)> = self.in_flight.range(..=(cutoff, u64::MAX)).copied().collect();
         for item in &stale {
+            self.scan_from = self.scan_from.min(item.1);
             self.in_flight.remove(item);
             if let Some(e) = self.entries.get_mut(&item.1) {
                 e.in_flight_since_ms = None;
@@ -405,5 +446,89 @@ mod tests {
         assert_eq!(m.enqueue(key(3), 3, 100), Err(MailboxFull { depth: 2, max: 2 }));
         assert_eq!(m.enqueue(key(1), 1, 100), Ok(Enqueued::Duplicate(1)), "a retry of a held entry still succeeds");
         assert_eq!(m.len(), 2);
+    }
+
+    /// What `poll_deliveries` must hand out, found the slow way: the oldest
+    /// entries not in flight, up to the window.
+    fn due_by_full_scan(m: &Mailbox<u8>, window: usize) -> Vec<u64> {
+        let room = window.saturating_sub(m.in_flight_len());
+        m.entries().filter(|e| e.in_flight_since_ms.is_none()).map(|e| e.seq).take(room).collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Enqueue(u8, u64),
+        Poll(usize),
+        Ack(u8),
+        RequeueAll,
+        RequeueTimedOut(u64),
+        Expire(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..24, 0u64..50).prop_map(|(k, t)| Op::Enqueue(k, t)),
+            4 => (0usize..6).prop_map(Op::Poll),
+            3 => (0u8..24).prop_map(Op::Ack),
+            1 => Just(Op::RequeueAll),
+            1 => (0u64..8).prop_map(Op::RequeueTimedOut),
+            1 => (0u64..50).prop_map(Op::Expire),
+        ]
+    }
+
+    /// Runs `ops` (the clock ticking one per op) and checks every poll
+    /// against [`due_by_full_scan`]; `stale_cursor` puts the scan hint past
+    /// the first waiting entry after each requeue, as a version that forgot
+    /// to move it back would.
+    fn polls_match_a_full_scan(ops: &[Op], stale_cursor: bool) -> Result<(), String> {
+        let mut m: Mailbox<u8> = Mailbox::default();
+        for (now, op) in ops.iter().enumerate() {
+            let now = now as u64;
+            match op {
+                Op::Enqueue(k, ttl) => {
+                    let _ = m.enqueue(key(*k), *k, now + ttl);
+                }
+                Op::Poll(window) => {
+                    let want = due_by_full_scan(&m, *window);
+                    let got: Vec<u64> = m.poll_deliveries(now, *window).iter().map(|e| e.seq).collect();
+                    if got != want {
+                        return Err(format!("at op {now}: handed out {got:?}, the oldest waiting are {want:?}"));
+                    }
+                }
+                Op::Ack(k) => {
+                    m.ack(&key(*k));
+                }
+                Op::RequeueAll => {
+                    m.requeue_all();
+                    if stale_cursor {
+                        m.scan_from = m.next_seq;
+                    }
+                }
+                Op::RequeueTimedOut(timeout) => {
+                    if m.requeue_timed_out(now, *timeout) > 0 && stale_cursor {
+                        m.scan_from = m.next_seq;
+                    }
+                }
+                Op::Expire(t) => {
+                    m.expire(*t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn polls_hand_out_the_oldest_waiting_entries(ops in proptest::collection::vec(op(), 0..80)) {
+            proptest::prop_assert_eq!(polls_match_a_full_scan(&ops, false), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_full_scan_check_catches_a_stale_scan_hint() {
+        let ops = [Op::Enqueue(1, 40), Op::Enqueue(2, 40), Op::Poll(4), Op::RequeueAll, Op::Poll(4)];
+        assert_eq!(polls_match_a_full_scan(&ops, false), Ok(()));
+        assert!(polls_match_a_full_scan(&ops, true).is_err());
     }
 }
