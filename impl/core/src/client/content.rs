@@ -193,8 +193,8 @@ pub enum ContentError {
 impl Payload {
     /// The postcard encoding described in the module docs.
     pub fn encode(&self) -> Vec<u8> {
-        // A Vec writer cannot fail and every field type is representable.
-        postcard::to_allocvec(self).unwrap_or_default()
+        // The same encoding, sized before it is written (see `wire::encode`).
+        crate::wire::encode(self)
     }
 
     /// Decodes exactly one payload.
