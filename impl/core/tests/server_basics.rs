@@ -7,7 +7,7 @@
 
 use bluetick_core::ids::{DeviceAddress, DeviceId, MessageId, UserId};
 use bluetick_core::server::{ConnId, Server, ServerConfig, ServerOutput};
-use bluetick_core::store::{MemoryStore, Store, Table};
+use bluetick_core::store::{MemoryStore, Store, Table, WriteBatch};
 use bluetick_core::wire::{self, ClientFrame, Delivery, EnvelopeKind, ErrorCode, ServerFrame, SignedPreKeyUpload};
 use bluetick_crypto::{CipherSuite, IdentityKeyPair, KeyPair};
 use rand_chacha::rand_core::SeedableRng;
@@ -314,6 +314,42 @@ fn a_seq_is_never_reused_after_a_restart() {
     // A late duplicate of the old ack must not delete the new entry.
     r.send(bob2.conn, &ClientFrame::DeliveryAck { seqs });
     assert_eq!(r.server.mailbox_len(&bob.addr), 1);
+}
+
+/// Stores written before accepted-message rows were keyed by expiry (`a`
+/// and the sender's device and message id; now `t`, the expiry, then the
+/// same) still recover them: the retry is answered as a duplicate, the row
+/// moves to the new form once, and expiry deletes it.
+#[test]
+fn accepted_rows_in_the_old_key_form_are_recovered_rewritten_and_expired() {
+    let accepted_rows = |store: &MemoryStore| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let meta = store.scan(Table::Meta).unwrap();
+        meta.into_iter().filter(|(k, _)| matches!(k.first(), Some(b'a' | b't'))).collect()
+    };
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.send(alice.conn, &text(&bob, 1, b"x"));
+    let seq = one_delivery(&mut r, &bob);
+    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    let [(key, value)] = accepted_rows(&r.store).try_into().unwrap();
+    let (_, forget): (u64, u64) = postcard::from_bytes(&value).unwrap();
+    assert_eq!((key[0], &key[1..9]), (b't', &forget.to_be_bytes()[..]), "expiry first, big-endian");
+    let mut old_key = vec![b'a'];
+    old_key.extend_from_slice(&key[9..]);
+    let mut downgrade = WriteBatch::new();
+    downgrade.delete(Table::Meta, key.clone()).put(Table::Meta, old_key, value.clone());
+    r.store.apply(downgrade).unwrap();
+
+    r.server = Server::recover(ServerConfig::default(), 9, &mut r.store).unwrap();
+    assert_eq!(accepted_rows(&r.store), vec![(key, value)], "rewritten in the new form, the old row gone");
+    let (alice2, _) = r.connect("alice", alice.id.clone(), false);
+    let again = r.send(alice2.conn, &text(&bob, 1, b"x"));
+    assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]), "{again:?}");
+    assert_eq!(r.server.stats().duplicate_sends, 1);
+    r.now = forget;
+    r.server.handle_timeout(r.now, &mut r.store);
+    assert_eq!(accepted_rows(&r.store), vec![], "expired and deleted");
 }
 
 #[test]

@@ -348,7 +348,13 @@ pub struct Server {
 
 /// Keys under [`Table::Meta`].
 const META_BODY_NEXT: &[u8] = b"body-next-id";
+/// Accepted-message rows as stores before 2026-11-30 wrote them: `a` and
+/// the sender's (device, message id). Read at recovery and rewritten under
+/// [`META_ACCEPTED_BY_EXPIRY_PREFIX`].
 const META_ACCEPTED_PREFIX: u8 = b'a';
+/// Accepted-message rows: `t`, the time they may be forgotten (big-endian,
+/// so rows sort by it) and the sender's (device, message id).
+const META_ACCEPTED_BY_EXPIRY_PREFIX: u8 = b't';
 const META_NEXT_SEQ_PREFIX: u8 = b's';
 
 fn enc<T: Serialize>(value: &T) -> Vec<u8> {
@@ -363,10 +369,29 @@ fn mailbox_key(addr: &DeviceAddress, seq: u64) -> Vec<u8> {
     enc(&(addr, seq))
 }
 
-fn accepted_key(from: &DeviceAddress, id: &MessageId) -> Vec<u8> {
-    let mut k = vec![META_ACCEPTED_PREFIX];
+/// The row that remembers `id` from `from` until `forget_ms`. Keyed by
+/// expiry first because the rows live for the TTL (30 days) and every
+/// message adds one: keyed by sender and random message id, each insert
+/// landed on a leaf of its own, so a commit of a few messages rewrote a
+/// B-tree page per message (redb copies every page it changes); in expiry
+/// order new rows share the last leaf and expiry deletes the first ones.
+fn accepted_key(from: &DeviceAddress, id: &MessageId, forget_ms: u64) -> Vec<u8> {
+    let mut k = vec![META_ACCEPTED_BY_EXPIRY_PREFIX];
+    k.extend(forget_ms.to_be_bytes());
     k.extend(enc(&(from, id)));
     k
+}
+
+/// The (sender, message id) of an accepted-message row's key, either form.
+fn accepted_of(table: Table, key: &[u8]) -> Option<Result<(DeviceAddress, MessageId), StoreError>> {
+    match key.split_first()? {
+        (&META_ACCEPTED_BY_EXPIRY_PREFIX, rest) => Some(match rest.get(8..) {
+            Some(ids) => dec(table, ids),
+            None => Err(StoreError::Corrupt { table, detail: format!("accepted row key of {} bytes", key.len()) }),
+        }),
+        (&META_ACCEPTED_PREFIX, rest) => Some(dec(table, rest)),
+        _ => None,
+    }
 }
 
 /// What one row the server writes says about routing, for observers of its
@@ -410,8 +435,8 @@ pub fn routing_row(table: Table, key: &[u8], value: &[u8]) -> Option<RoutingRow>
                 Queued::Notice(_) => None,
             }
         }
-        Table::Meta if key.first() == Some(&META_ACCEPTED_PREFIX) => {
-            let (from, message): (DeviceAddress, MessageId) = dec(table, &key[1..]).ok()?;
+        Table::Meta => {
+            let (from, message) = accepted_of(table, key)?.ok()?;
             Some(RoutingRow::Accepted { from, message })
         }
         _ => None,
@@ -509,6 +534,7 @@ impl Server {
         }
         let (body_store, orphans) = BodyStore::restore(bodies, &refs);
         s.bodies = body_store;
+        let mut legacy = WriteBatch::default();
         for (k, v) in store.scan(Table::Meta)? {
             if k.as_slice() == META_BODY_NEXT {
                 s.bodies.reserve_ids_below(dec(Table::Meta, &v)?);
@@ -516,12 +542,21 @@ impl Server {
                 let addr: DeviceAddress = dec(Table::Meta, &k[1..])?;
                 let next: u64 = dec(Table::Meta, &v)?;
                 s.mailbox(&addr).raise_next_seq(next);
-            } else if k.first() == Some(&META_ACCEPTED_PREFIX) {
-                let (from, id): (DeviceAddress, MessageId) = dec(Table::Meta, &k[1..])?;
+            } else if let Some(ids) = accepted_of(Table::Meta, &k) {
+                let (from, id) = ids?;
                 let (ts, forget): (u64, u64) = dec(Table::Meta, &v)?;
+                if k.first() == Some(&META_ACCEPTED_PREFIX) {
+                    legacy.delete(Table::Meta, k.clone());
+                    legacy.put(Table::Meta, accepted_key(&from, &id, forget), v.clone());
+                }
                 s.accepted_expiry.insert((forget, from.clone(), id));
                 s.accepted.insert((from, id), (ts, forget));
             }
+        }
+        // Rows in the old key form move to the new one once, so that expiry,
+        // which deletes by the new form, finds them.
+        if !legacy.is_empty() {
+            store.apply(legacy)?;
         }
         for (k, v) in store.scan(Table::Blobs)? {
             if k.len() == 16 {
@@ -822,7 +857,7 @@ impl Server {
             let from = from.clone();
             self.accepted_expiry.pop_first();
             self.accepted.remove(&(from.clone(), id));
-            batch.delete(Table::Meta, accepted_key(&from, &id));
+            batch.delete(Table::Meta, accepted_key(&from, &id, forget));
         }
         let expired_blobs: Vec<BlobId> =
             self.blobs.iter().filter(|(_, b)| b.expires_at_ms <= now_ms).map(|(id, _)| *id).collect();
@@ -1502,7 +1537,7 @@ impl Server {
         let forget = now_ms + ttl;
         self.accepted.insert((from.clone(), id), (now_ms, forget));
         self.accepted_expiry.insert((forget, from.clone(), id));
-        batch.put(Table::Meta, accepted_key(from, &id), enc(&(now_ms, forget)));
+        batch.put(Table::Meta, accepted_key(from, &id, forget), enc(&(now_ms, forget)));
     }
 
     fn forget_accepted(&mut self, from: &DeviceAddress, id: MessageId) {
