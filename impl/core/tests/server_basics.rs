@@ -352,6 +352,47 @@ fn accepted_rows_in_the_old_key_form_are_recovered_rewritten_and_expired() {
     assert_eq!(accepted_rows(&r.store), vec![], "expired and deleted");
 }
 
+/// Stores written before mailbox rows were keyed by device and big-endian
+/// seq (the encoding of (device, seq), a varint seq) still recover them: in
+/// order, moved to the new form once, and deleted by the acks.
+#[test]
+fn mailbox_rows_in_the_old_key_form_are_recovered_rewritten_and_acked_away() {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.server.handle_disconnect(bob.conn, r.now, &mut r.store);
+    for (i, body) in [(1u8, "a"), (2, "b"), (3, "c")] {
+        r.send(alice.conn, &text(&bob, i, body.as_bytes()));
+    }
+    let rows = r.store.scan(Table::Mailbox).unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut downgrade = WriteBatch::new();
+    for (i, (key, value)) in rows.iter().enumerate() {
+        assert_eq!(key[0], 0xff, "new rows have the new form");
+        let seq = u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap());
+        assert_eq!(seq, i as u64 + 1);
+        let old_key = postcard::to_allocvec(&(&bob.addr, seq)).unwrap();
+        downgrade.delete(Table::Mailbox, key.clone()).put(Table::Mailbox, old_key, value.clone());
+    }
+    r.store.apply(downgrade).unwrap();
+
+    r.server = Server::recover(ServerConfig::default(), 9, &mut r.store).unwrap();
+    let rows = r.store.scan(Table::Mailbox).unwrap();
+    assert!(rows.iter().all(|(k, _)| k[0] == 0xff), "every row moved to the new form");
+    let (bob2, got) = r.connect("bob", bob.id.clone(), false);
+    let delivered: Vec<(u64, Vec<u8>)> = got
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Deliver { seq, item: Delivery::Envelope(e) } => Some((seq, e.ciphertext)),
+            _ => None,
+        })
+        .collect();
+    let bodies: Vec<&[u8]> = delivered.iter().map(|(_, b)| b.as_slice()).collect();
+    assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"], "in the order they were sent");
+    r.send(bob2.conn, &ClientFrame::DeliveryAck { seqs: delivered.iter().map(|(s, _)| *s).collect() });
+    assert_eq!(r.store.scan(Table::Mailbox).unwrap(), vec![], "the acks deleted every row");
+}
+
 #[test]
 fn a_stranger_cannot_join_an_account_as_another_device() {
     let mut r = Rig::new();

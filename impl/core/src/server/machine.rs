@@ -365,8 +365,34 @@ fn dec<'a, T: Deserialize<'a>>(table: Table, bytes: &'a [u8]) -> Result<T, Store
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { table, detail: e.to_string() })
 }
 
+/// First byte of a mailbox row's key. Keys used to be the encoding of
+/// (device, seq), with the seq as a varint, which puts its low bits first:
+/// consecutive entries of one device were scattered over its leaves, so
+/// each insert and delete rewrote a page of its own. Now: this marker (no
+/// old key starts with it: theirs is a user name's length, at most 32), the
+/// device, and the seq big-endian, so a device's rows sort by seq, new ones
+/// land on its last leaf and acknowledged ones leave from its first.
+const MAILBOX_KEY_ORDERED: u8 = 0xff;
+
 fn mailbox_key(addr: &DeviceAddress, seq: u64) -> Vec<u8> {
-    enc(&(addr, seq))
+    let mut k = vec![MAILBOX_KEY_ORDERED];
+    k.extend(enc(addr));
+    k.extend(seq.to_be_bytes());
+    k
+}
+
+/// The device a mailbox row belongs to, and whether its key has the old form.
+fn mailbox_owner(table: Table, key: &[u8]) -> Result<(DeviceAddress, bool), StoreError> {
+    match key.split_first() {
+        Some((&MAILBOX_KEY_ORDERED, rest)) => match rest.len().checked_sub(8) {
+            Some(end) => Ok((dec(table, &rest[..end])?, false)),
+            None => Err(StoreError::Corrupt { table, detail: format!("mailbox key of {} bytes", key.len()) }),
+        },
+        _ => {
+            let (addr, _seq): (DeviceAddress, u64) = dec(table, key)?;
+            Ok((addr, true))
+        }
+    }
 }
 
 /// The row that remembers `id` from `from` until `forget_ms`. Keyed by
@@ -425,7 +451,7 @@ pub enum RoutingRow {
 pub fn routing_row(table: Table, key: &[u8], value: &[u8]) -> Option<RoutingRow> {
     match table {
         Table::Mailbox => {
-            let (to, _seq): (DeviceAddress, u64) = dec(table, key).ok()?;
+            let (to, _) = mailbox_owner(table, key).ok()?;
             let entry: Entry<Queued> = dec(table, value).ok()?;
             match entry.payload {
                 Queued::Envelope { group, .. } => {
@@ -509,9 +535,16 @@ impl Server {
         }
         let mut per_device: BTreeMap<DeviceAddress, Vec<Entry<Queued>>> = BTreeMap::new();
         let mut refs: BTreeMap<BodyId, u32> = BTreeMap::new();
+        let mut legacy = WriteBatch::default();
         for (k, v) in store.scan(Table::Mailbox)? {
-            let (addr, _seq): (DeviceAddress, u64) = dec(Table::Mailbox, &k)?;
+            let (addr, old_form) = mailbox_owner(Table::Mailbox, &k)?;
             let entry: Entry<Queued> = dec(Table::Mailbox, &v)?;
+            if old_form {
+                // Moved once to the new form, so acks and expiry, which
+                // delete by it, find the row.
+                legacy.delete(Table::Mailbox, k.clone());
+                legacy.put(Table::Mailbox, mailbox_key(&addr, entry.seq), v.clone());
+            }
             if let Queued::Envelope { body: Body::Shared(id), .. } = &entry.payload {
                 *refs.entry(*id).or_default() += 1;
             }
@@ -534,7 +567,6 @@ impl Server {
         }
         let (body_store, orphans) = BodyStore::restore(bodies, &refs);
         s.bodies = body_store;
-        let mut legacy = WriteBatch::default();
         for (k, v) in store.scan(Table::Meta)? {
             if k.as_slice() == META_BODY_NEXT {
                 s.bodies.reserve_ids_below(dec(Table::Meta, &v)?);
@@ -553,8 +585,7 @@ impl Server {
                 s.accepted.insert((from, id), (ts, forget));
             }
         }
-        // Rows in the old key form move to the new one once, so that expiry,
-        // which deletes by the new form, finds them.
+        // Rows in an old key form move to the new one once (see above).
         if !legacy.is_empty() {
             store.apply(legacy)?;
         }
