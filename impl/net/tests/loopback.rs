@@ -13,6 +13,7 @@ use bluetick_net::client::{
     open_client, run_client, AppAction, ClientEvent, ClientHandle, ClientObserver, ClientOptions, FrameFate, FrameTap,
 };
 use bluetick_net::clock::{Clock, SystemClock};
+use bluetick_net::commit::CommitMode;
 use bluetick_net::server::{run_server, ServerOptions};
 use bluetick_net::state_file::log_path;
 use futures_util::{SinkExt, StreamExt};
@@ -186,6 +187,41 @@ async fn text_reaches_the_online_recipient_once_and_ticks_go_delivered_then_read
 
         let alice_client = alice.shutdown().await.unwrap();
         assert_eq!(alice_client.outbox_len(), 0);
+        bob.shutdown().await.unwrap();
+        server.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `bluetick serve`'s shape on a machine with a second core: loop and
+/// connections on one thread, group commits on the committer thread
+/// (`bluetick_net::server_runtime`). A message still arrives once and its
+/// ticks still follow, each after the commit that covers it.
+#[tokio::test(flavor = "current_thread")]
+async fn one_thread_with_a_committer_thread_delivers_once_and_ticks_follow() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ServerOptions { commit: CommitMode::Thread, ..ServerOptions::new(ServerConfig::default(), 1) };
+        let server = TestServer::start_with(options).await;
+        let (alice_id, bob_id) = (user("alice"), user("bob"));
+        let (mut bob, mut bob_seen, mut alice, mut alice_seen) = bob_then_alice(&server, dir.path(), false).await;
+        let mut ids = Vec::new();
+        for i in 0..20u8 {
+            ids.push(alice.send_text(bob_id.clone(), vec![i; 64]).await.unwrap().unwrap());
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let body = wait_for(&mut bob, &mut bob_seen, |e| message_body(e, &alice_id, *id)).await;
+            assert_eq!(body, vec![i as u8; 64]);
+        }
+        for id in &ids {
+            wait_for(&mut alice, &mut alice_seen, |e| status(e, *id, DeliveryState::Delivered)).await;
+        }
+        drain_for(&mut bob, &mut bob_seen, Duration::from_millis(300)).await;
+        for id in &ids {
+            assert_eq!(messages_with(&bob_seen, *id), 1, "bob's events: {bob_seen:?}");
+        }
+        alice.shutdown().await.unwrap();
         bob.shutdown().await.unwrap();
         server.stop().await;
     })
