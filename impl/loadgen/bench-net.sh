@@ -278,16 +278,17 @@ ms() { if [ "$1" = "-" ]; then echo "-"; else awk -v us="$1" 'BEGIN { printf "%.
 {
     echo
     echo "Median of $RUNS runs; 1 KiB messages; server on core $SERVER_CORE, loadgen on core $LOADGEN_CORE (both-*: $BOTH_PAIRS pairs, both unpinned); $(date -u +%Y-%m-%dT%H:%MZ)"
-    printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s | %-13s | %-15s\n' server "peak 10 pairs" "peak 100 pairs" \
-        "p99 peak 100" "p99 @ $OPEN_RATE/s" "delivered/s @ $OPEN_RATE" "p99 @ $OPEN_RATE_LOW/s" "drain msgs/s" "idle B/conn" \
+    printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-17s | %-13s | %-12s | %-11s | %-13s | %-15s\n' server "peak 10 pairs" "peak 100 pairs" \
+        "p99 peak 100" "p99 @ $OPEN_RATE/s" "delivered/s @ $OPEN_RATE" "server µs/msg @ $OPEN_RATE" "p99 @ $OPEN_RATE_LOW/s" "drain msgs/s" "idle B/conn" \
         "both: peak" "both: p99 @ $BOTH_RATE/s"
     for server in $SERVERS; do
-        printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-13s | %-12s | %-11s | %-13s | %-15s\n' "$server" \
+        printf '%-15s | %-13s | %-14s | %-12s | %-14s | %-15s | %-17s | %-13s | %-12s | %-11s | %-13s | %-15s\n' "$server" \
             "$(median "$server" peak10 .delivered_per_s)" \
             "$(median "$server" peak100 .delivered_per_s)" \
             "$(ms "$(median "$server" peak100 .latency.p99_us)")" \
             "$(ms "$(median "$server" open20k .latency.p99_us)")" \
             "$(median "$server" open20k .delivered_per_s)" \
+            "$(median "$server" open20k .server_cpu_us_per_msg)" \
             "$(ms "$(median "$server" open2k .latency.p99_us)")" \
             "$(median "$server" drain200k .drain.per_s)" \
             "$(median "$server" idle10k .idle_bytes_per_connection)" \

@@ -276,6 +276,13 @@ pub struct Report {
     pub drain: Option<DrainReport>,
     /// The server's memory (with `--server-pid`).
     pub server_rss: Option<RssReport>,
+    /// The server's CPU time (user and system, every thread) during the send
+    /// phase per message delivered in it, in µs (with `--server-pid`). A
+    /// closed loop's throughput is the server's and the load generator's
+    /// together; this is the server's own cost at the load it was given.
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// The same CPU time over the send phase's length: cores the server kept busy.
+    pub server_cpu_cores: Option<f64>,
     /// Server memory per idle connection in bytes (with `--idle --server-pid`).
     pub idle_bytes_per_connection: Option<u64>,
     /// The first errors seen.
@@ -359,6 +366,9 @@ impl fmt::Display for Report {
                 r.peak_kib as f64 / 1024.0
             )?;
         }
+        if let (Some(us), Some(cores)) = (self.server_cpu_us_per_msg, self.server_cpu_cores) {
+            writeln!(f, "server CPU   {us:.1} µs per delivered message in the send phase ({cores:.2} cores busy)")?;
+        }
         if self.reconnects > 0 {
             writeln!(f, "reconnects   {}", self.reconnects)?;
         }
@@ -408,6 +418,27 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat`: Linux's
+/// `USER_HZ`, 100 on every architecture it exports to user space.
+const PROC_TICKS_PER_S: u64 = 100;
+
+/// CPU time (user plus system, all threads) of process `pid` so far, in
+/// clock ticks of [`PROC_TICKS_PER_S`], from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces and parentheses itself, so the
+/// fields are counted after the last `)`: state is field 3, utime 14, stime 15.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// `host:port` of a `ws://host:port/path` URL (port 80 if absent).
@@ -582,6 +613,8 @@ async fn probe(plan: &Plan) -> Result<(), LoadgenError> {
 struct RssLog {
     peak_kib: u64,
     at_phase: BTreeMap<String, u64>,
+    /// The server's [`cpu_ticks`] when each phase began.
+    cpu_at_phase: BTreeMap<String, u64>,
 }
 
 /// Runs the load described by `args` on the current tokio runtime and
@@ -604,6 +637,9 @@ pub async fn run(args: &LoadgenArgs, progress: &(dyn Fn(Progress) + Send + Sync)
             log.peak_kib = log.peak_kib.max(kib);
             if let Some(p) = phase {
                 log.at_phase.insert(p.to_owned(), kib);
+                if let Some(ticks) = pid.and_then(cpu_ticks) {
+                    log.cpu_at_phase.insert(p.to_owned(), ticks);
+                }
             }
         }
     };
@@ -719,6 +755,13 @@ fn report(plan: &Plan, shared: &Shared, t: &Timeline, rss: &RssLog) -> Report {
         (Some(before_kib), Some(loaded_kib)) => Some(RssReport { before_kib, peak_kib: rss.peak_kib, loaded_kib }),
         _ => None,
     };
+    let cpu_us = match (rss.cpu_at_phase.get("sending"), rss.cpu_at_phase.get(loaded_phase)) {
+        (Some(start), Some(end)) if !plan.idle => Some(end.saturating_sub(*start) * 1_000_000 / PROC_TICKS_PER_S),
+        _ => None,
+    };
+    let server_cpu_us_per_msg =
+        cpu_us.filter(|_| t.delivered_at_end > 0).map(|us| us as f64 / t.delivered_at_end as f64);
+    let server_cpu_cores = cpu_us.filter(|_| send_us > 0).map(|us| us as f64 / send_us as f64);
     let idle_bytes_per_connection = match (plan.idle, &server_rss) {
         (true, Some(r)) => Some(r.loaded_kib.saturating_sub(r.before_kib) * 1024 / plan.pairs.max(1) as u64),
         _ => None,
@@ -745,6 +788,8 @@ fn report(plan: &Plan, shared: &Shared, t: &Timeline, rss: &RssLog) -> Report {
         reconnects: shared.reconnects.load(Ordering::Relaxed),
         drain,
         server_rss,
+        server_cpu_us_per_msg,
+        server_cpu_cores,
         idle_bytes_per_connection,
         errors,
         error_count,
@@ -819,6 +864,17 @@ pub fn cli_loadgen(args: LoadgenArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name_whatever_it_holds() {
+        // Fields from a real /proc/<pid>/stat, with a command name that has a
+        // space and a parenthesis in it: utime 1234, stime 56.
+        let stat = "4242 (bt (serve) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 1234 56 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(1290));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1 2"), None, "a cut-off line is no reading");
+        let own = cpu_ticks(std::process::id()).expect("this process has a stat file");
+        assert!(cpu_ticks(std::process::id()).unwrap() >= own, "CPU time does not run backwards");
+    }
 
     fn args(extra: &[&str]) -> LoadgenArgs {
         let mut all = vec!["loadgen"];
