@@ -114,6 +114,17 @@ fn one_delivery(r: &mut Rig, to: &Device) -> u64 {
     }
 }
 
+/// alice and bob registered; alice's message 1 (`x`) delivered to bob and acked.
+fn message_one_delivered_and_acked() -> (Rig, Device, Device) {
+    let mut r = Rig::new();
+    let alice = r.register("alice");
+    let bob = r.register("bob");
+    r.send(alice.conn, &text(&bob, 1, b"x"));
+    let seq = one_delivery(&mut r, &bob);
+    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    (r, alice, bob)
+}
+
 fn text(to: &Device, id: u8, body: &[u8]) -> ClientFrame {
     ClientFrame::Send {
         message_id: MessageId([id; 16]),
@@ -150,12 +161,7 @@ fn send_is_acked_after_storing_then_delivered_and_deleted_on_ack() {
 
 #[test]
 fn a_retry_after_a_lost_ack_creates_no_second_copy_even_after_delivery() {
-    let mut r = Rig::new();
-    let alice = r.register("alice");
-    let bob = r.register("bob");
-    r.send(alice.conn, &text(&bob, 1, b"x"));
-    let seq = one_delivery(&mut r, &bob);
-    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    let (mut r, alice, bob) = message_one_delivered_and_acked();
     let again = r.send(alice.conn, &text(&bob, 1, b"x"));
     assert!(matches!(again.as_slice(), [ServerFrame::ServerAck { .. }]));
     assert!(r.frames_for(bob.conn).is_empty(), "no second copy delivered");
@@ -326,12 +332,7 @@ fn accepted_rows_in_the_old_key_form_are_recovered_rewritten_and_expired() {
         let meta = store.scan(Table::Meta).unwrap();
         meta.into_iter().filter(|(k, _)| matches!(k.first(), Some(b'a' | b't'))).collect()
     };
-    let mut r = Rig::new();
-    let alice = r.register("alice");
-    let bob = r.register("bob");
-    r.send(alice.conn, &text(&bob, 1, b"x"));
-    let seq = one_delivery(&mut r, &bob);
-    r.send(bob.conn, &ClientFrame::DeliveryAck { seqs: vec![seq] });
+    let (mut r, alice, bob) = message_one_delivered_and_acked();
     let [(key, value)] = accepted_rows(&r.store).try_into().unwrap();
     let (_, forget): (u64, u64) = postcard::from_bytes(&value).unwrap();
     assert_eq!((key[0], &key[1..9]), (b't', &forget.to_be_bytes()[..]), "expiry first, big-endian");
