@@ -62,12 +62,11 @@ const RECORD_HEADER: u64 = 8;
 /// A compaction stalls the commit it rides on for reading one segment and
 /// re-appending what is live in it, so the segment size is the length of
 /// that stall. At 8 MiB, with 20,000 msgs/s offered (one core, tmpfs), p99
-/// was 109–128 ms; at 2 MiB 45–63 ms, peak 10 pairs 28k → 32–33k msgs/s and
-/// a 200k drain 74–75k → 77–78k, for the same CPU per message; 1 MiB
-/// halved p99 again but costs twice the files. Each segment keeps its file
-/// open: up to [`COMPACT_RATIO`] × live bytes / this many descriptors (400
-/// for 200 MB live), which the process's open-file limit must allow.
-pub const SEGMENT_BYTES: u64 = 2 << 20;
+/// was 109–128 ms; at 2 MiB 45–63 ms (peak 10 pairs 28k → 32–33k msgs/s, a
+/// 200k drain 74–75k → 77–78k, the same CPU per message); at 1 MiB 24–26
+/// ms. Only the newest segment keeps its file open, so many small segments
+/// cost no descriptors.
+pub const SEGMENT_BYTES: u64 = 1 << 20;
 
 /// Compaction runs while the segments exceed this many times the live bytes.
 ///
@@ -101,7 +100,10 @@ fn entry_cost(key: &[u8], loc: Loc) -> u64 {
 /// One segment file.
 #[derive(Debug)]
 struct Segment {
-    file: File,
+    /// Open only while this is the newest segment, the one appended to:
+    /// older ones are opened when read (a `get`, a `scan`, their
+    /// compaction), so a store of many small segments holds one descriptor.
+    file: Option<File>,
     /// Valid bytes: where the next record goes.
     len: u64,
     /// Sum of [`entry_cost`] of the index entries that point here.
@@ -352,7 +354,11 @@ impl LogStore {
         file.write_all(&MAGIC)?;
         file.sync_all()?;
         sync_parent(&path)?;
-        self.segments.insert(id, Segment { file, len: MAGIC.len() as u64, live: 0 });
+        // The segment before this one is appended to no more.
+        if let Some(previous) = self.segments.values_mut().next_back() {
+            previous.file = None;
+        }
+        self.segments.insert(id, Segment { file: Some(file), len: MAGIC.len() as u64, live: 0 });
         Ok(())
     }
 
@@ -378,7 +384,7 @@ impl LogStore {
             file.set_len(end).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        self.segments.insert(id, Segment { file, len: end, live: 0 });
+        self.segments.insert(id, Segment { file: last.then_some(file), len: end, live: 0 });
         for (table, key, loc) in ops {
             set(&mut self.index, &mut self.segments, table, &key, loc);
         }
@@ -418,16 +424,35 @@ impl LogStore {
     }
 
     fn read_at(&self, loc: Loc) -> Result<Vec<u8>, StoreError> {
-        let path = || self.dir.join(segment_name(loc.seg));
+        let mut opened = BTreeMap::new();
+        self.read_via(&mut opened, loc)
+    }
+
+    /// Reads the value at `loc` through segment `loc.seg`'s open file, or
+    /// one opened now and kept in `opened` for the caller's next reads.
+    fn read_via(&self, opened: &mut BTreeMap<u32, File>, loc: Loc) -> Result<Vec<u8>, StoreError> {
+        let path = self.dir.join(segment_name(loc.seg));
         let seg = self.segments.get(&loc.seg).ok_or_else(|| StoreError::Corrupt {
             table: Table::Meta,
             detail: format!("index points into missing segment {}", loc.seg),
         })?;
+        let io = |e: std::io::Error| io_error(&path, e);
+        let mut f = match &seg.file {
+            Some(f) => f,
+            None => match opened.entry(loc.seg) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(File::open(&path).map_err(io)?),
+            },
+        };
         let mut buf = vec![0u8; loc.len as usize];
-        let mut f = &seg.file;
-        f.seek(SeekFrom::Start(loc.offset)).map_err(|e| io_error(&path(), e))?;
-        f.read_exact(&mut buf).map_err(|e| io_error(&path(), e))?;
+        f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
+        f.read_exact(&mut buf).map_err(io)?;
         Ok(buf)
+    }
+
+    /// Segment files open now (the newest only; for tests).
+    pub fn open_segment_files(&self) -> usize {
+        self.segments.values().filter(|s| s.file.is_some()).count()
     }
 
     /// Bytes in all segments, headers included (for tests and reports).
@@ -466,9 +491,10 @@ impl LogStore {
         };
         let base = seg.len;
         let written = (|| {
-            seg.file.seek(SeekFrom::Start(base))?;
-            seg.file.write_all(&record)?;
-            seg.file.sync_data()
+            let file = seg.file.as_mut().ok_or_else(|| std::io::Error::other("the newest segment is not open"))?;
+            file.seek(SeekFrom::Start(base))?;
+            file.write_all(&record)?;
+            file.sync_data()
         })();
         let record_len = record.len() as u64;
         self.scratch = record;
@@ -515,8 +541,7 @@ impl LogStore {
         let path = self.dir.join(segment_name(oldest));
         let io = |e: std::io::Error| io_error(&path, e);
         let mut bytes = vec![0u8; usize::try_from(seg.len).map_err(|e| io(std::io::Error::other(e)))?];
-        let mut f = &seg.file;
-        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut f = File::open(&path).map_err(io)?;
         f.read_exact(&mut bytes).map_err(io)?;
         let mut batch = WriteBatch::new();
         // Every record was checked when the segment was replayed or written.
@@ -580,7 +605,9 @@ impl Store for LogStore {
     fn scan(&self, table: Table) -> Result<Vec<Row>, StoreError> {
         let mut keys: Vec<(&Vec<u8>, &Loc)> = self.index[table_index(table)].iter().collect();
         keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        keys.into_iter().map(|(k, loc)| Ok((k.clone(), self.read_at(*loc)?))).collect()
+        // Each older segment is opened once for the whole scan.
+        let mut opened = BTreeMap::new();
+        keys.into_iter().map(|(k, loc)| Ok((k.clone(), self.read_via(&mut opened, *loc)?))).collect()
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -665,6 +692,8 @@ mod tests {
                 }
                 prop_assert_eq!(all(&log), all(&mem));
                 prop_assert_eq!(log.stats().unwrap(), mem.stats().unwrap());
+                // Only the segment being appended to holds a file open.
+                prop_assert_eq!(log.open_segment_files(), 1);
             }
             prop_assert_eq!(segment_files(&path).len(), log.segment_count());
         }
