@@ -517,6 +517,15 @@ impl Server {
     }
 
     /// Rebuilds a server from its store after a crash or restart.
+    ///
+    /// Rows a store written by an older version keyed differently (mailbox
+    /// and accepted-message rows, before 2026-11-30) are rewritten in the
+    /// current form, in one batch, before this returns; a store that holds
+    /// none is only read.
+    ///
+    /// # Errors
+    /// A row that does not decode ([`StoreError::Corrupt`]), or the store's
+    /// own read or write errors.
     pub fn recover(config: ServerConfig, seed: u64, store: &mut dyn Store) -> Result<Self, StoreError> {
         let mut s = Server::new(config, seed);
         let mut key_records = Vec::new();
