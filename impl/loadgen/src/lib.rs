@@ -811,12 +811,7 @@ pub enum Progress {
 /// the run finished but some did not (or errors occurred), 2 if it could
 /// not run; errors are sentences on stderr, never backtraces.
 pub fn cli_loadgen(args: LoadgenArgs) -> ExitCode {
-    let runtime = match args.threads {
-        0 => bluetick_net::runtime(),
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
-    };
-    let runtime = match runtime {
+    let runtime = match bluetick_net::runtime_with_threads(args.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {}", LoadgenError::Runtime(e));

@@ -117,9 +117,22 @@ fn runtime_for(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if cores <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cores);
+        b
     };
     builder.enable_all().build()
+}
+
+/// [`runtime`] with a chosen number of threads: 0 picks as [`runtime`]
+/// does, 1 is a single-threaded runtime, n a worker per thread (`loadgen
+/// --threads`).
+#[cfg(not(loom))]
+pub fn runtime_with_threads(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        0 => runtime(),
+        n => runtime_for(n),
+    }
 }
 
 #[cfg(not(loom))]
